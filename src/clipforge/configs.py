@@ -1,0 +1,125 @@
+"""Frozen dataclass configs: everything that decides a CLIP model's shape and numerics.
+
+A config is plain data. `ClipConfig` describes one model (towers + joint space + numerics);
+`PreprocessConfig` describes how pixels are prepared for it. Both travel with the weights
+(see `model_zoo.py`) so that a mismatch, e.g. QuickGELU weights run with GELU, is caught
+instead of silently costing accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+Activation = Literal["quick_gelu", "gelu"]
+
+# OpenAI's normalization constants, shared by OpenAI and LAION weights.
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class VisionTransformerConfig:
+    image_size: int = 224
+    patch_size: int = 32
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def mlp_width(self) -> int:
+        # open_clip computes int(width * mlp_ratio): ViT-g-14 (4.3637) and bigG (4.9231) rely on it.
+        return int(self.width * self.mlp_ratio)
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """OpenAI's modified ResNet: 3-conv stem, anti-aliased strides, attention pooling."""
+
+    image_size: int = 224
+    layers: tuple[int, int, int, int] = (3, 4, 6, 3)
+    width: int = 64
+    heads: int = 32  # attention-pool heads; OpenAI uses width * 32 // 64
+
+    @property
+    def output_width(self) -> int:
+        return self.width * 32  # channels after the last stage (expansion 4, width*8*4)
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    context_length: int = 77
+    vocab_size: int = 49408
+    width: int = 512
+    heads: int = 8
+    layers: int = 12
+    mlp_ratio: float = 4.0
+    # Special tokens of the weights' tokenizer. Pooling happens at the first eot_token_id;
+    # for CLIP's vocabulary that equals OpenAI's argmax (49407 is the largest id).
+    sot_token_id: int = 49406
+    eot_token_id: int = 49407
+    pad_token_id: int = 0
+
+    @property
+    def mlp_width(self) -> int:
+        return int(self.width * self.mlp_ratio)
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    embed_dim: int = 512
+    vision: Union[VisionTransformerConfig, ResNetConfig] = field(default_factory=VisionTransformerConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    activation: Activation = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    # Initial temperature: logit_scale = log(1 / 0.07), as in the paper.
+    init_logit_scale: float = 2.6592600929051215
+    # The references clamp exp(logit_scale) at 100 (in training, after each step).
+    max_logit_scale: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.activation not in ("quick_gelu", "gelu"):
+            raise ValueError(f"activation must be 'quick_gelu' or 'gelu', got {self.activation!r}")
+
+    @property
+    def image_size(self) -> int:
+        return self.vision.image_size
+
+    def replace(self, **changes: Any) -> "ClipConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["vision"]["kind"] = "resnet" if isinstance(self.vision, ResNetConfig) else "vit"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ClipConfig":
+        d = dict(d)
+        vision = dict(d.pop("vision"))
+        kind = vision.pop("kind", "resnet" if "patch_size" not in vision else "vit")
+        if kind == "resnet":
+            vision["layers"] = tuple(vision["layers"])
+            vision_cfg: Union[VisionTransformerConfig, ResNetConfig] = ResNetConfig(**vision)
+        else:
+            vision_cfg = VisionTransformerConfig(**vision)
+        return cls(vision=vision_cfg, text=TextConfig(**d.pop("text")), **d)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How an image becomes the model's input tensor (OpenAI's pipeline by default)."""
+
+    image_size: int = 224
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    # "openai": torchvision Resize(shortest side) + CenterCrop(round) + RGB after resize, as clip/open_clip.
+    # "hf": transformers' CLIPImageProcessor (RGB first, floor crop offsets).
+    mode: Literal["openai", "hf"] = "openai"
