@@ -1,0 +1,1 @@
+"""The `clipforge` command line: parse, call a library function, print."""

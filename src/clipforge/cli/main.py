@@ -1,0 +1,65 @@
+"""`clipforge` command line. Heavy imports (torch) happen inside the commands so `--help` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+EXAMPLES = """examples:
+  clipforge models
+  clipforge convert ViT-B-32.pt vitb32-hf --to hf
+  clipforge convert open_clip_model.safetensors model.pt --to openai --arch ViT-H-14
+"""
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from clipforge.model_zoo import list_models
+
+    for arch, tag in list_models():
+        print(f"{arch}\t{tag}")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from clipforge.conversion import convert
+
+    report = convert(args.source, args.destination, args.to, arch=args.arch)
+    print(f"wrote {report.destination} ({report.format}); max abs difference vs source: {report.max_abs_diff:.3g} "
+          f"(output scale {report.feature_scale:.3g})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clipforge", description="CLIP models: load, convert, embed.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list named architectures and weights")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser(
+        "convert", help="convert a checkpoint between formats (checked numerically before writing)",
+        epilog="example: clipforge convert ViT-B-32.pt out_dir --to hf",
+    )
+    p.add_argument("source", help="checkpoint file or directory (OpenAI .pt, open_clip, transformers dir, clipforge)")
+    p.add_argument("destination", help="file (clipforge/openai/open_clip) or directory (hf) to write")
+    p.add_argument("--to", required=True, choices=["clipforge", "openai", "open_clip", "hf"])
+    p.add_argument("--arch", help="named architecture, when the source file does not say (e.g. ViT-H-14)")
+    p.set_defaults(func=_cmd_convert)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"clipforge {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

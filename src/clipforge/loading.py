@@ -1,0 +1,208 @@
+"""`load` and `save`: compose configs, checkpoint formats, the hub cache, models, tokenizer and preprocessing.
+
+Resolution order for `load(name_or_path, weights=None, arch=None)`:
+1. an existing local path (file or directory) -> read it, whatever its format;
+2. a named architecture (`"ViT-B-32"`, `"ViT-B-32-quickgelu"`) with an optional weights tag
+   (`weights="openai"`); without a tag the model is randomly initialised (as open_clip does);
+3. a Hugging Face hub id (`"openai/clip-vit-large-patch14"`) -> the hub cache (download if online).
+
+What the config of a loaded file is, in order: the config stored in a clipforge file or a
+transformers directory; else the named `arch`; else inferred from tensor shapes the way OpenAI's
+loader does (QuickGELU, heads = width / 64). A named `arch` must agree with the tensors' shapes and
+with the activation the file declares; any disagreement is an error, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import torch
+
+from clipforge import model_zoo
+from clipforge.checkpoint_formats import (
+    Checkpoint,
+    check_config,
+    infer_config,
+    read_checkpoint,
+    to_canonical,
+    write_checkpoint,
+)
+from clipforge.configs import ClipConfig, PreprocessConfig
+from clipforge.image import Preprocess
+from clipforge.models import ClipModel
+from clipforge.text import Tokenizer
+
+SaveFormat = Literal["clipforge", "openai", "open_clip", "hf"]
+
+
+class ConfigMismatchError(ValueError):
+    """The weights declare numerics (activation, eps, shapes) that differ from the requested architecture."""
+
+
+def load(
+    name_or_path: Optional[Union[str, Path]] = None,
+    weights: Optional[str] = None,
+    *,
+    arch: Union[str, ClipConfig, None] = None,
+    device: Union[str, torch.device, None] = None,
+    dtype: Optional[torch.dtype] = None,
+    preprocess_mode: Optional[Literal["openai", "hf"]] = None,
+    cache_dir: Optional[Union[str, Path]] = None,
+    offline: Optional[bool] = None,
+) -> tuple[ClipModel, Preprocess, Tokenizer]:
+    """Load a CLIP model with its preprocessing and tokenizer. Returns `(model, preprocess, tokenizer)`.
+
+    The model is in eval mode, fp32 unless `dtype` is given, on CPU unless `device` is given.
+    `arch` names an architecture (or gives a ClipConfig, for custom shapes) for files that do not say.
+    `preprocess_mode` defaults to "hf" (CLIPImageProcessor's numbers) for transformers-format
+    weights and "openai" otherwise, so each set of weights is preprocessed as its own library does.
+    """
+    if name_or_path is None:
+        raise ValueError(
+            "clipforge.load() needs a model: a named architecture (see clipforge.list_models()), "
+            "a local checkpoint path, or a Hugging Face hub id"
+        )
+    name = str(name_or_path)
+    preprocess_cfg: Optional[PreprocessConfig] = None
+    if Path(name).expanduser().exists():
+        model, preprocess_cfg, fmt = _load_path(Path(name).expanduser(), arch)
+    elif weights is not None or _is_architecture(name):
+        if arch is not None and arch != name:
+            raise ValueError(f"got both a named architecture {name!r} and arch={arch!r}; pass one")
+        model, preprocess_cfg, fmt = _load_named(name, weights, cache_dir=cache_dir, offline=offline)
+    elif "/" in name and not name.startswith((".", "/")):
+        model, preprocess_cfg, fmt = _load_hub_id(name, arch, offline=offline)
+    else:
+        raise FileNotFoundError(
+            f"{name!r} is neither an existing file or directory, a named architecture "
+            f"(e.g. {', '.join(model_zoo.list_architectures()[:4])}, ...), nor a Hugging Face hub id (org/name)"
+        )
+
+    model = model.to(device=device, dtype=dtype).eval()
+    mode = preprocess_mode or ("hf" if fmt == "hf" else "openai")
+    preprocess_cfg = preprocess_cfg or PreprocessConfig(image_size=model.config.image_size)
+    preprocess = Preprocess(PreprocessConfig(**{**preprocess_cfg.__dict__, "mode": mode}))
+    text = model.config.text
+    tokenizer = Tokenizer(context_length=text.context_length)
+    return model, preprocess, tokenizer
+
+
+def save(model: ClipModel, path: Union[str, Path], format: SaveFormat = "clipforge") -> Path:
+    """Write `model` as a clipforge safetensors file, an OpenAI state dict, an open_clip file or a transformers dir."""
+    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_checkpoint(state_dict, model.config, Path(path), format)
+    return Path(path)
+
+
+def build_model(config: ClipConfig, canonical_state_dict: dict[str, torch.Tensor], source: str) -> ClipModel:
+    """Instantiate `config` and load the canonical state dict strictly (every key, every shape)."""
+    check_config(canonical_state_dict, config)
+    model = ClipModel(config)
+    missing, unexpected = model.load_state_dict(canonical_state_dict, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{source}: checkpoint keys do not match the model: missing {missing}, unexpected {unexpected}")
+    return model
+
+
+# ---- the three ways in -----------------------------------------------------------------------------
+
+
+def _is_architecture(name: str) -> bool:
+    return name in model_zoo.ARCHITECTURES
+
+
+def _load_named(
+    name: str, tag: Optional[str], *, cache_dir: Optional[Union[str, Path]], offline: Optional[bool]
+) -> tuple[ClipModel, Optional[PreprocessConfig], str]:
+    from clipforge import hub_cache
+
+    if tag is None:
+        config = model_zoo.get_architecture(name)
+        return ClipModel(config), PreprocessConfig(image_size=config.image_size), "clipforge"
+    record = model_zoo.get_weights(name, tag)
+    # The tag decides the activation (open_clip's convention: "ViT-B-32" + "openai" is the QuickGELU twin);
+    # explicitly asking for the other activation is a mismatch, not something to override silently.
+    if name.endswith("-quickgelu") and record.activation != "quick_gelu":
+        raise ConfigMismatchError(
+            f"weights {tag!r} for {_base_name(name)} were trained with {record.activation}, not QuickGELU; "
+            f"use arch {record.arch!r}"
+        )
+    config = model_zoo.get_architecture(record.arch)
+    path = hub_cache.resolve_weights_file(record, cache_dir=cache_dir, offline=offline)
+    checkpoint = read_checkpoint(path)
+    model = _model_from_checkpoint(checkpoint, config, source=f"{record.arch} ({tag}) from {path}")
+    return model, record.preprocess, checkpoint.format
+
+
+def _load_hub_id(hub_id: str, arch: Union[str, ClipConfig, None], *, offline: Optional[bool]) -> tuple[ClipModel, Optional[PreprocessConfig], str]:
+    from clipforge import hub_cache
+
+    record = model_zoo.lookup_hf_hub_id(hub_id)
+    directory = hub_cache.resolve_hf_repo_dir(hub_id, offline=offline)
+    model, preprocess_cfg, fmt = _load_path(directory, arch)
+    if record is not None and preprocess_cfg is None:
+        preprocess_cfg = record.preprocess
+    return model, preprocess_cfg, fmt
+
+
+def _load_path(path: Path, arch: Union[str, ClipConfig, None]) -> tuple[ClipModel, Optional[PreprocessConfig], str]:
+    checkpoint = read_checkpoint(path)
+    config = model_zoo.get_architecture(arch) if isinstance(arch, str) else arch
+    model = _model_from_checkpoint(checkpoint, config, source=str(path))
+    preprocess_cfg = _hf_preprocess_config(path) if checkpoint.format == "hf" else None
+    return model, preprocess_cfg, checkpoint.format
+
+
+def _model_from_checkpoint(checkpoint: Checkpoint, requested: Optional[ClipConfig], source: str) -> ClipModel:
+    canonical = to_canonical(checkpoint.state_dict, checkpoint.format)
+    declared = _declared_config(checkpoint)
+    if requested is not None and declared is not None:
+        _check_same_numerics(requested, declared, source)
+    config = requested or declared or infer_config(canonical)
+    return build_model(config, canonical, source)
+
+
+def _declared_config(checkpoint: Checkpoint) -> Optional[ClipConfig]:
+    """The config a file states about itself (clipforge metadata or transformers' config.json)."""
+    from clipforge.checkpoint_formats import hf_config_to_clip_config
+
+    if checkpoint.clipforge_config is not None:
+        return checkpoint.clipforge_config
+    if checkpoint.hf_config is not None:
+        return hf_config_to_clip_config(checkpoint.hf_config)
+    return None
+
+
+def _check_same_numerics(requested: ClipConfig, declared: ClipConfig, source: str) -> None:
+    for field in ("activation", "layer_norm_eps", "embed_dim"):
+        want, got = getattr(requested, field), getattr(declared, field)
+        if want != got:
+            raise ConfigMismatchError(f"{source}: the file declares {field}={got!r} but the requested arch has {want!r}")
+    for tower in ("vision", "text"):
+        if getattr(requested, tower) != getattr(declared, tower):
+            raise ConfigMismatchError(
+                f"{source}: the file's {tower} config {getattr(declared, tower)} differs from the requested "
+                f"{getattr(requested, tower)}"
+            )
+
+
+def _hf_preprocess_config(directory: Path) -> Optional[PreprocessConfig]:
+    """Read transformers' preprocessor_config.json (image size, mean/std) when the directory has one."""
+    file = directory / "preprocessor_config.json"
+    if not directory.is_dir() or not file.exists():
+        return None
+    raw = json.loads(file.read_text())
+    crop = raw.get("crop_size", 224)
+    size = crop.get("height", 224) if isinstance(crop, dict) else int(crop)
+    return PreprocessConfig(
+        image_size=size,
+        mean=tuple(raw.get("image_mean", PreprocessConfig.mean)),
+        std=tuple(raw.get("image_std", PreprocessConfig.std)),
+        mode="hf",
+    )
+
+
+def _base_name(name: str) -> str:
+    return name.removesuffix("-quickgelu")
