@@ -152,11 +152,12 @@ def test_activation_mismatch_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["clipforge", "openai", "open_clip", "hf"])
 def test_save_load_round_trip_is_bit_exact(fmt, tmp_path):
-    cfg = shallow_config("ViT-B-32", 2)
+    # OpenAI's format carries no config, and OpenAI's loader assumes QuickGELU: only such a model may be written there.
+    cfg = shallow_config("ViT-B-32-quickgelu" if fmt == "openai" else "ViT-B-32", 2)
     model = clipforge.ClipModel(cfg).eval()
     destination = tmp_path / ("out" if fmt == "hf" else "out.safetensors" if fmt != "openai" else "out.pt")
     clipforge.save(model, destination, format=fmt)
-    loaded, _, _ = clipforge.load(destination, arch=None if fmt in ("clipforge", "hf") else cfg)
+    loaded, _, _ = clipforge.load(destination, arch=None if fmt in ("clipforge", "hf", "openai") else cfg)
     assert loaded.config == cfg
     ours, theirs = model.state_dict(), loaded.state_dict()
     assert ours.keys() == theirs.keys()
@@ -189,3 +190,10 @@ def test_half_precision_inference_on_cpu(dtype, tol, real_pixels, real_tokens):
         ]:
             assert ours.dtype == dtype
             assert (ours.float() - ref).abs().max().item() < tol
+
+
+def test_saving_a_gelu_model_in_openai_format_is_refused(tmp_path):
+    model = clipforge.ClipModel(shallow_config("ViT-B-32", 2))
+    with pytest.raises(ValueError, match="QuickGELU"):
+        clipforge.save(model, tmp_path / "x.pt", format="openai")
+    assert not (tmp_path / "x.pt").exists()

@@ -57,7 +57,7 @@ def convert(
         raise RuntimeError(f"conversion of {source} to {to} changes outputs: max abs difference {diff:.3g} (scale {scale:.3g}); nothing written")
     save(converted, destination, format=to)
     # Read back what was written: it must hold exactly the tensors we checked.
-    written = to_canonical(read_checkpoint(Path(destination)).state_dict, to if to != "clipforge" else "clipforge")
+    written = to_canonical(read_checkpoint(Path(destination)).state_dict, to)
     for key, tensor in canonical.items():
         if key not in written or not torch.equal(written[key], tensor):
             raise RuntimeError(f"{destination}: tensor {key!r} differs after writing")

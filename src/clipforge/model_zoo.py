@@ -1,0 +1,455 @@
+"""Named architectures and named weights: data only.
+
+`ARCHITECTURES` maps open_clip's model names ("ViT-B-32", "ViT-B-32-quickgelu", "RN50x4", ...) to a
+`ClipConfig`. `WEIGHTS` maps (base architecture, tag) to a `WeightsRecord` that carries everything
+numerical that belongs to a set of weights (activation, LayerNorm eps, mean/std, interpolation,
+image size, special-token ids) together with where the file lives (Hugging Face hub repo, OpenAI URL
++ sha256) and its licence. Keeping those numbers next to the weights, rather than inferring them
+from a model name, is what lets the loader refuse QuickGELU weights run with GELU.
+
+Values are transcribed from open_clip's `model_configs/*.json` and `pretrained.py` and from
+OpenAI's `clip/clip.py`; `tests/test_model_zoo.py` checks every entry against those sources.
+
+This module imports neither torch nor huggingface_hub: it is plain data plus lookups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from clipforge.configs import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    Activation,
+    ClipConfig,
+    PreprocessConfig,
+    ResNetConfig,
+    TextConfig,
+    VisionTransformerConfig,
+)
+
+__all__ = [
+    "ARCHITECTURES",
+    "WEIGHTS",
+    "HF_HUB_IDS",
+    "OPENAI_MODEL_NAMES",
+    "FileFormat",
+    "WeightsRecord",
+    "UnknownModelError",
+    "get_architecture",
+    "get_weights",
+    "list_architectures",
+    "list_models",
+    "lookup_hf_hub_id",
+    "weights_table_markdown",
+]
+
+FileFormat = Literal["openai", "open_clip", "hf"]
+
+QUICKGELU_SUFFIX = "-quickgelu"
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+class UnknownModelError(KeyError):
+    """An unknown architecture name or weights tag. The message lists what is known."""
+
+    def __str__(self) -> str:
+        # KeyError's str() is the repr of its argument (quotes, escaped newlines); show the message as written.
+        return str(self.args[0]) if self.args else ""
+
+
+# ---- architectures ---------------------------------------------------------------------------------
+
+
+def _vit(
+    embed_dim: int,
+    image_size: int,
+    patch_size: int,
+    width: int,
+    layers: int,
+    text_width: int,
+    text_heads: int,
+    text_layers: int = 12,
+    head_width: int = 64,
+    mlp_ratio: float = 4.0,
+) -> ClipConfig:
+    vision = VisionTransformerConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        width=width,
+        layers=layers,
+        heads=width // head_width,  # open_clip's rule; head_width is 64 except for H/g/bigG
+        mlp_ratio=mlp_ratio,
+    )
+    text = TextConfig(width=text_width, heads=text_heads, layers=text_layers)
+    return ClipConfig(embed_dim=embed_dim, vision=vision, text=text, activation="gelu")
+
+
+def _resnet(
+    embed_dim: int,
+    image_size: int,
+    layers: tuple[int, int, int, int],
+    width: int,
+    text_width: int,
+    text_heads: int,
+) -> ClipConfig:
+    # OpenAI's attention pool: heads = width * 32 // 64 (output width / 64).
+    vision = ResNetConfig(image_size=image_size, layers=layers, width=width, heads=width * 32 // 64)
+    text = TextConfig(width=text_width, heads=text_heads, layers=12)
+    return ClipConfig(embed_dim=embed_dim, vision=vision, text=text, activation="gelu")
+
+
+# The plain name is open_clip's config of that name (GELU); each gets a "-quickgelu" twin below.
+_BASE_ARCHITECTURES: dict[str, ClipConfig] = {
+    "RN50": _resnet(1024, 224, (3, 4, 6, 3), 64, text_width=512, text_heads=8),
+    "RN101": _resnet(512, 224, (3, 4, 23, 3), 64, text_width=512, text_heads=8),
+    "RN50x4": _resnet(640, 288, (4, 6, 10, 6), 80, text_width=640, text_heads=10),
+    "RN50x16": _resnet(768, 384, (6, 8, 18, 8), 96, text_width=768, text_heads=12),
+    "RN50x64": _resnet(1024, 448, (3, 15, 36, 10), 128, text_width=1024, text_heads=16),
+    "ViT-B-32": _vit(512, 224, 32, 768, 12, text_width=512, text_heads=8),
+    "ViT-B-16": _vit(512, 224, 16, 768, 12, text_width=512, text_heads=8),
+    "ViT-L-14": _vit(768, 224, 14, 1024, 24, text_width=768, text_heads=12),
+    "ViT-L-14-336": _vit(768, 336, 14, 1024, 24, text_width=768, text_heads=12),
+    "ViT-H-14": _vit(1024, 224, 14, 1280, 32, text_width=1024, text_heads=16, text_layers=24, head_width=80),
+    "ViT-g-14": _vit(
+        1024, 224, 14, 1408, 40, text_width=1024, text_heads=16, text_layers=24, head_width=88, mlp_ratio=4.3637
+    ),
+    "ViT-bigG-14": _vit(
+        1280, 224, 14, 1664, 48, text_width=1280, text_heads=20, text_layers=32, head_width=104, mlp_ratio=4.9231
+    ),
+}
+
+
+def _with_quickgelu_twins(base: dict[str, ClipConfig]) -> dict[str, ClipConfig]:
+    out: dict[str, ClipConfig] = {}
+    for name, cfg in base.items():
+        out[name] = cfg
+        out[name + QUICKGELU_SUFFIX] = cfg.replace(activation="quick_gelu")
+    return out
+
+
+ARCHITECTURES: dict[str, ClipConfig] = _with_quickgelu_twins(_BASE_ARCHITECTURES)
+
+# OpenAI's `clip.available_models()` names -> ours (an explicit table, not string munging).
+OPENAI_MODEL_NAMES: dict[str, str] = {
+    "RN50": "RN50",
+    "RN101": "RN101",
+    "RN50x4": "RN50x4",
+    "RN50x16": "RN50x16",
+    "RN50x64": "RN50x64",
+    "ViT-B/32": "ViT-B-32",
+    "ViT-B/16": "ViT-B-16",
+    "ViT-L/14": "ViT-L-14",
+    "ViT-L/14@336px": "ViT-L-14-336",
+}
+
+
+def _base_name(arch: str) -> str:
+    return arch[: -len(QUICKGELU_SUFFIX)] if arch.endswith(QUICKGELU_SUFFIX) else arch
+
+
+def _unknown(kind: str, name: str, known: list[str]) -> UnknownModelError:
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    hint = f"did you mean: {', '.join(close)}?" if close else f"known: {', '.join(known)}"
+    return UnknownModelError(f"unknown {kind} {name!r}; {hint}")
+
+
+def get_architecture(name: str) -> ClipConfig:
+    """The `ClipConfig` of an architecture name (open_clip's naming, or OpenAI's "ViT-B/32" names)."""
+    name = OPENAI_MODEL_NAMES.get(name, name)
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise _unknown("architecture", name, list(ARCHITECTURES)) from None
+
+
+def list_architectures() -> list[str]:
+    """All architecture names, each plain (GELU) name followed by its -quickgelu twin."""
+    return list(ARCHITECTURES)
+
+
+# ---- weights ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WeightsRecord:
+    """One named set of weights: where the file is and the numerics it was trained with.
+
+    `activation`, `layer_norm_eps` and the token ids repeat what `arch` implies on purpose: the
+    loader compares them with the architecture and with what the file itself declares.
+    `sha256` is the digest of the file at `url` (OpenAI publishes it in the URL path); hub files are
+    verified by huggingface_hub against the hub's own LFS digest.
+    """
+
+    arch: str  # exact ARCHITECTURES name, "-quickgelu" included when the weights need QuickGELU
+    tag: str
+    file_format: FileFormat  # format of the hub file (hf_filename); the URL file is `url_file_format`
+    preprocess: PreprocessConfig
+    activation: Activation
+    hf_hub_id: Optional[str] = None
+    hf_filename: Optional[str] = None
+    # Tried in order after hf_filename (open_clip prefers safetensors, falls back to the pickle).
+    hf_fallback_filenames: tuple[str, ...] = ()
+    url: Optional[str] = None
+    sha256: Optional[str] = None
+    url_file_format: FileFormat = "openai"
+    layer_norm_eps: float = 1e-5
+    sot_token_id: int = 49406
+    eot_token_id: int = 49407
+    pad_token_id: int = 0
+    license: str = ""
+    source: str = ""  # paper / model card
+
+    def __post_init__(self) -> None:
+        # Fail at definition time if the record contradicts its own architecture name.
+        arch_cfg = get_architecture(self.arch)
+        if arch_cfg.activation != self.activation:
+            raise ValueError(
+                f"{self.arch}/{self.tag}: activation {self.activation!r} differs from the arch's "
+                f"{arch_cfg.activation!r}"
+            )
+        if arch_cfg.image_size != self.preprocess.image_size:
+            raise ValueError(f"{self.arch}/{self.tag}: preprocess image size differs from the architecture's")
+        if self.hf_hub_id is None and self.url is None:
+            raise ValueError(f"{self.arch}/{self.tag}: a record needs a hub repo or a URL")
+
+    @property
+    def base_arch(self) -> str:
+        """The architecture name without "-quickgelu" (the first half of the WEIGHTS key)."""
+        return _base_name(self.arch)
+
+    @property
+    def hf_filenames(self) -> tuple[str, ...]:
+        """Hub file names to try, preferred first."""
+        return ((self.hf_filename,) if self.hf_filename else ()) + self.hf_fallback_filenames
+
+    @property
+    def url_filename(self) -> Optional[str]:
+        return self.url.rsplit("/", 1)[-1] if self.url else None
+
+    def file_format_for(self, path: "str | os.PathLike[str]") -> FileFormat:
+        """The format of a resolved file: the URL's file is OpenAI's archive, hub files are `file_format`."""
+        return self.url_file_format if os.path.basename(path) == self.url_filename else self.file_format
+
+    def model_config(self) -> ClipConfig:
+        """The architecture's config with this record's numerics and special tokens applied."""
+        cfg = get_architecture(self.arch)
+        text = dataclasses.replace(
+            cfg.text, sot_token_id=self.sot_token_id, eot_token_id=self.eot_token_id, pad_token_id=self.pad_token_id
+        )
+        return cfg.replace(activation=self.activation, layer_norm_eps=self.layer_norm_eps, text=text)
+
+
+_OPENAI_URL = "https://openaipublic.azureedge.net/clip/models/{sha256}/{filename}"
+_OPENAI_SOURCE = "https://arxiv.org/abs/2103.00020 (Radford et al. 2021); https://github.com/openai/CLIP"
+_LAION_SOURCE = "https://arxiv.org/abs/2212.07143 (Cherti et al. 2022); https://github.com/mlfoundations/open_clip"
+# open_clip's hub files: safetensors first, pickle fallback (what open_clip's downloader does).
+_OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def _preprocess(arch: str, mean: tuple[float, float, float], std: tuple[float, float, float]) -> PreprocessConfig:
+    return PreprocessConfig(image_size=get_architecture(arch).image_size, mean=mean, std=std, interpolation="bicubic")
+
+
+def _openai(arch: str, timm_name: str, filename: str, sha256: str) -> WeightsRecord:
+    # OpenAI trained every model with QuickGELU; open_clip mirrors the weights under timm/<name>.openai.
+    return WeightsRecord(
+        arch=arch + QUICKGELU_SUFFIX,
+        tag="openai",
+        file_format="open_clip",
+        preprocess=_preprocess(arch, OPENAI_MEAN, OPENAI_STD),
+        activation="quick_gelu",
+        hf_hub_id=f"timm/{timm_name}.openai",
+        hf_filename=_OPEN_CLIP_FILES[0],
+        hf_fallback_filenames=_OPEN_CLIP_FILES[1:],
+        url=_OPENAI_URL.format(sha256=sha256, filename=filename),
+        sha256=sha256,
+        license="MIT",
+        source=_OPENAI_SOURCE,
+    )
+
+
+def _laion(
+    arch: str,
+    tag: str,
+    hf_hub_id: str,
+    *,
+    quick_gelu: bool = False,
+    mean: tuple[float, float, float] = OPENAI_MEAN,
+    std: tuple[float, float, float] = OPENAI_STD,
+    source: str = _LAION_SOURCE,
+) -> WeightsRecord:
+    return WeightsRecord(
+        arch=arch + QUICKGELU_SUFFIX if quick_gelu else arch,
+        tag=tag,
+        file_format="open_clip",
+        preprocess=_preprocess(arch, mean, std),
+        activation="quick_gelu" if quick_gelu else "gelu",
+        hf_hub_id=hf_hub_id,
+        hf_filename=_OPEN_CLIP_FILES[0],
+        hf_fallback_filenames=_OPEN_CLIP_FILES[1:],
+        license="MIT",
+        source=source,
+    )
+
+
+_LAION400M_SOURCE = "https://arxiv.org/abs/2111.02114 (LAION-400M); https://github.com/mlfoundations/open_clip"
+
+# OpenAI: (arch, open_clip's timm hub name, file name, sha256 = the URL's path component in clip/clip.py).
+_OPENAI_FILES = [
+    ("RN50", "resnet50_clip", "RN50.pt", "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762"),
+    ("RN101", "resnet101_clip", "RN101.pt", "8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599"),
+    ("RN50x4", "resnet50x4_clip", "RN50x4.pt", "7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd"),
+    ("RN50x16", "resnet50x16_clip", "RN50x16.pt", "52378b407f34354e150460fe41077663dd5b39c54cd0bfd2b27167a4a06ec9aa"),
+    ("RN50x64", "resnet50x64_clip", "RN50x64.pt", "be1cfb55d75a9666199fb2206c106743da0f6468c9d327f3e0d0a543a9919d9c"),
+    ("ViT-B-32", "vit_base_patch32_clip_224", "ViT-B-32.pt",
+     "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"),
+    ("ViT-B-16", "vit_base_patch16_clip_224", "ViT-B-16.pt",
+     "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"),
+    ("ViT-L-14", "vit_large_patch14_clip_224", "ViT-L-14.pt",
+     "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836"),
+    ("ViT-L-14-336", "vit_large_patch14_clip_336", "ViT-L-14-336px.pt",
+     "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02"),
+]  # fmt: skip
+
+_RECORDS: list[WeightsRecord] = [_openai(arch, timm, name, sha) for arch, timm, name, sha in _OPENAI_FILES] + [
+    # LAION (open_clip). LAION-400M ViT-B-32 was trained with QuickGELU; the LAION-2B runs with GELU.
+    _laion(
+        "ViT-B-32",
+        "laion400m_e31",
+        "timm/vit_base_patch32_clip_224.laion400m_e31",
+        quick_gelu=True,
+        source=_LAION400M_SOURCE,
+    ),
+    _laion(
+        "ViT-B-32",
+        "laion400m_e32",
+        "timm/vit_base_patch32_clip_224.laion400m_e32",
+        quick_gelu=True,
+        source=_LAION400M_SOURCE,
+    ),
+    _laion("ViT-B-32", "laion2b_e16", "timm/vit_base_patch32_clip_224.laion2b_e16"),
+    _laion("ViT-B-32", "laion2b_s34b_b79k", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"),
+    _laion("ViT-B-16", "laion400m_e32", "timm/vit_base_patch16_clip_224.laion400m_e32", source=_LAION400M_SOURCE),
+    _laion("ViT-B-16", "laion2b_s34b_b88k", "laion/CLIP-ViT-B-16-laion2B-s34B-b88K"),
+    # ViT-L-14 laion2b_s32b_b82k was trained with mean = std = 0.5 (open_clip records INCEPTION_MEAN/STD).
+    _laion(
+        "ViT-L-14",
+        "laion2b_s32b_b82k",
+        "laion/CLIP-ViT-L-14-laion2B-s32B-b82K",
+        mean=INCEPTION_MEAN,
+        std=INCEPTION_STD,
+    ),
+    _laion("ViT-H-14", "laion2b_s32b_b79k", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"),
+    _laion("ViT-g-14", "laion2b_s12b_b42k", "laion/CLIP-ViT-g-14-laion2B-s12B-b42K"),
+    _laion("ViT-g-14", "laion2b_s34b_b88k", "laion/CLIP-ViT-g-14-laion2B-s34B-b88K"),
+    _laion("ViT-bigG-14", "laion2b_s39b_b160k", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"),
+]
+
+WEIGHTS: dict[tuple[str, str], WeightsRecord] = {(r.base_arch, r.tag): r for r in _RECORDS}
+
+# transformers-format repos (config.json + model.safetensors / pytorch_model.bin) -> (base arch, tag).
+# Lets `load("openai/clip-vit-large-patch14")` know the model and its numerics before reading files.
+HF_HUB_IDS: dict[str, tuple[str, str]] = {
+    "openai/clip-vit-base-patch32": ("ViT-B-32", "openai"),
+    "openai/clip-vit-base-patch16": ("ViT-B-16", "openai"),
+    "openai/clip-vit-large-patch14": ("ViT-L-14", "openai"),
+    "openai/clip-vit-large-patch14-336": ("ViT-L-14-336", "openai"),
+    "laion/CLIP-ViT-B-32-laion2B-s34B-b79K": ("ViT-B-32", "laion2b_s34b_b79k"),
+    "laion/CLIP-ViT-L-14-laion2B-s32B-b82K": ("ViT-L-14", "laion2b_s32b_b82k"),
+    "laion/CLIP-ViT-H-14-laion2B-s32B-b79K": ("ViT-H-14", "laion2b_s32b_b79k"),
+    "laion/CLIP-ViT-g-14-laion2B-s12B-b42K": ("ViT-g-14", "laion2b_s12b_b42k"),
+    "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k": ("ViT-bigG-14", "laion2b_s39b_b160k"),
+}
+
+# The transformers tokenizers of OpenAI's repos pad with <|endoftext|>; LAION's pad with "!" (id 0).
+_HF_PAD_TOKEN_ID = {"openai": 49407}
+
+
+def _clean_tag(tag: str) -> str:
+    # open_clip's normalisation: "LAION2B-s34B-b79K" == "laion2b_s34b_b79k".
+    return tag.lower().replace("-", "_")
+
+
+def get_weights(arch: str, tag: str) -> WeightsRecord:
+    """The record for `tag` of `arch`; "ViT-B-32" and "ViT-B-32-quickgelu" find the same records.
+
+    The returned record's `arch` names the activation the weights need, whichever spelling was asked.
+    """
+    base = _base_name(OPENAI_MODEL_NAMES.get(arch, arch))
+    if base not in ARCHITECTURES:
+        raise _unknown("architecture", arch, list(ARCHITECTURES))
+    record = WEIGHTS.get((base, _clean_tag(tag)))
+    if record is None:
+        tags = [t for (a, t) in WEIGHTS if a == base]
+        known = f"known tags for {base}: {', '.join(tags)}" if tags else f"no named weights are known for {base}"
+        raise UnknownModelError(f"unknown weights tag {tag!r} for {arch!r}; {known}")
+    return record
+
+
+def list_models() -> list[tuple[str, str]]:
+    """(architecture, tag) pairs of every named weights, architecture spelled as the weights need it."""
+    return [(r.arch, r.tag) for r in WEIGHTS.values()]
+
+
+def lookup_hf_hub_id(hub_id: str) -> Optional[WeightsRecord]:
+    """What a hub id is, before touching any file; None when unknown.
+
+    A transformers-format repo (HF_HUB_IDS) gets its weights record re-pointed at that repo with
+    file_format "hf" and transformers' preprocessing mode. A repo that holds an open_clip file
+    (e.g. "timm/vit_base_patch32_clip_224.openai") returns its record unchanged.
+    """
+    key = HF_HUB_IDS.get(hub_id)
+    if key is not None:
+        record = WEIGHTS[key]
+        return dataclasses.replace(
+            record,
+            hf_hub_id=hub_id,
+            hf_filename="model.safetensors",
+            hf_fallback_filenames=("pytorch_model.bin",),
+            file_format="hf",
+            url=None,
+            sha256=None,
+            preprocess=dataclasses.replace(record.preprocess, mode="hf"),
+            pad_token_id=_HF_PAD_TOKEN_ID.get(hub_id.split("/")[0], record.pad_token_id),
+        )
+    for record in WEIGHTS.values():
+        if record.hf_hub_id == hub_id:
+            return record
+    return None
+
+
+# ---- documentation ---------------------------------------------------------------------------------
+
+
+def _fmt_triple(values: tuple[float, float, float]) -> str:
+    if tuple(values) == OPENAI_MEAN:
+        return "OpenAI mean"
+    if tuple(values) == OPENAI_STD:
+        return "OpenAI std"
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def weights_table_markdown() -> str:
+    """The named-weights table of docs/weights.md, generated from WEIGHTS so the docs cannot drift."""
+    header = (
+        "| arch | tag | activation | image | mean / std | Hugging Face hub | OpenAI URL sha256 | licence |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for r in WEIGHTS.values():
+        p = r.preprocess
+        hub = f"`{r.hf_hub_id}`" if r.hf_hub_id else "-"
+        sha = f"`{r.sha256[:12]}…`" if r.sha256 else "-"
+        rows.append(
+            f"| `{r.arch}` | `{r.tag}` | {r.activation} | {p.image_size} {p.interpolation} "
+            f"| {_fmt_triple(p.mean)} / {_fmt_triple(p.std)} | {hub} | {sha} | {r.license} |"
+        )
+    hf_header = "\n\n| transformers-format hub id | arch | tag |\n|---|---|---|\n"
+    hf_rows = [f"| `{hub_id}` | `{WEIGHTS[key].arch}` | `{key[1]}` |" for hub_id, key in HF_HUB_IDS.items()]
+    return header + "\n".join(rows) + hf_header + "\n".join(hf_rows) + "\n"
