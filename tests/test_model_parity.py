@@ -166,7 +166,7 @@ def test_save_load_round_trip_is_bit_exact(fmt, tmp_path):
 
 
 def test_resnet_round_trip_through_open_clip_and_back_is_bit_exact(tmp_path):
-    cfg = shallow_config("RN50", 2)
+    cfg = shallow_config("RN50-quickgelu", 2)
     model = clipforge.ClipModel(cfg).eval()
     clipforge.save(model, tmp_path / "a.bin", format="open_clip")
     loaded, _, _ = clipforge.load(tmp_path / "a.bin", arch=cfg)
