@@ -30,6 +30,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# Commands living in their own modules: each exposes `add_parser(subparsers)` and sets `func`.
+COMMAND_MODULES: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clipforge", description="CLIP models: load, convert, embed.",
@@ -49,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, choices=["clipforge", "openai", "open_clip", "hf"])
     p.add_argument("--arch", help="named architecture, when the source file does not say (e.g. ViT-H-14)")
     p.set_defaults(func=_cmd_convert)
+
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(f"clipforge.cli.{module}").add_parser(sub)
     return parser
 
 
