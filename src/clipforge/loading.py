@@ -14,6 +14,7 @@ with the activation the file declares; any disagreement is an error, never a sil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Literal, Optional, Union
@@ -83,9 +84,8 @@ def load(
     model = model.to(device=device, dtype=dtype).eval()
     mode = preprocess_mode or ("hf" if fmt == "hf" else "openai")
     preprocess_cfg = preprocess_cfg or PreprocessConfig(image_size=model.config.image_size)
-    preprocess = Preprocess(PreprocessConfig(**{**preprocess_cfg.__dict__, "mode": mode}))
-    text = model.config.text
-    tokenizer = Tokenizer(context_length=text.context_length)
+    preprocess = Preprocess(dataclasses.replace(preprocess_cfg, mode=mode))
+    tokenizer = Tokenizer(context_length=model.config.text.context_length)
     return model, preprocess, tokenizer
 
 
