@@ -65,6 +65,21 @@ def load_libraries() -> dict[str, object]:
             "input_ids"
         ]
 
+    def rust_batch(texts):
+        return torch.from_numpy(np.array([e.ids for e in rust.encode_batch(texts)], dtype=np.int64))
+
+    def rust_one_thread(texts):
+        # tokenizers reads this variable on every batch; open_clip sets it to "false" on import.
+        before = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        try:
+            return rust_batch(texts)
+        finally:
+            if before is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = before
+
     same = " (same class)" if CLIPTokenizer is CLIPTokenizerFast else ""
     tv = transformers.__version__
     ours = Tokenizer()
@@ -74,9 +89,8 @@ def load_libraries() -> dict[str, object]:
         "open_clip.tokenize": open_clip.tokenize,
         f"transformers {tv} CLIPTokenizerFast{same}": hf(hf_fast),
         f"transformers {tv} CLIPTokenizer{same}": hf(hf_slow),
-        "tokenizers (Rust) encode_batch": lambda texts: torch.from_numpy(
-            np.array([e.ids for e in rust.encode_batch(texts)], dtype=np.int64)
-        ),
+        "tokenizers (Rust core) encode_batch": rust_batch,
+        "tokenizers (Rust core) encode_batch, 1 thread": rust_one_thread,
     }
 
 

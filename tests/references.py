@@ -95,3 +95,21 @@ def build_hf(name: str, depth: Optional[int] = None, quick_gelu: bool = False, s
         ),
     )
     return CLIPModel(config).eval()
+
+
+def build_hf_processor(size: int, mean=None, std=None):
+    """transformers' CLIPProcessor built offline: CLIPTokenizer from clipforge's bundled BPE file."""
+    import gzip
+    from pathlib import Path
+
+    from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
+
+    from clipforge.text import bpe
+
+    vocab = bpe.load_vocab()
+    lines = gzip.decompress((Path(bpe.__file__).parent / bpe.VOCAB_FILE).read_bytes()).decode().split("\n")
+    merges = [tuple(t.split()) for t in lines[1 : bpe.N_MERGES + 1]]
+    tokenizer = CLIPTokenizer(vocab=vocab.encoder, merges=merges, model_max_length=77)
+    extra = {} if mean is None else {"image_mean": list(mean), "image_std": list(std)}
+    images = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}, **extra)
+    return CLIPProcessor(image_processor=images, tokenizer=tokenizer)

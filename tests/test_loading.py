@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 import clipforge
 from clipforge.checkpoint_formats import CheckpointError
 from clipforge.hub_cache import WeightsNotFoundError
-from references import build_hf, build_open_clip, build_openai
+from references import build_hf, build_hf_processor, build_open_clip, build_openai
 from test_model_parity import assert_parity, shallow_config
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -184,3 +184,19 @@ def test_import_is_light():
     subprocess.run([sys.executable, "-c", code], check=True)
     result = subprocess.run([sys.executable, "-m", "clipforge.cli.main", "--help"], capture_output=True, text=True, check=True)
     assert "convert" in result.stdout
+
+
+@pytest.mark.parametrize("writer", ["image_processor", "processor"])
+def test_hf_directory_brings_its_own_preprocessing_constants(tmp_path, writer):
+    """Mean/std/size saved by transformers (either file layout) are what clipforge.load's preprocess uses."""
+    ref = build_hf("ViT-B-32", depth=1, quick_gelu=True)
+    ref.save_pretrained(tmp_path)
+    processor = build_hf_processor(224, mean=(0.5,) * 3, std=(0.5,) * 3)
+    if writer == "image_processor":
+        processor.image_processor.save_pretrained(tmp_path)
+    else:
+        processor.save_pretrained(tmp_path)
+        (tmp_path / "preprocessor_config.json").unlink(missing_ok=True)  # older transformers also wrote this
+    _, preprocess, _ = clipforge.load(tmp_path)
+    assert preprocess.config.mean == (0.5, 0.5, 0.5) and preprocess.config.std == (0.5, 0.5, 0.5)
+    assert preprocess.config.mode == "hf"

@@ -30,7 +30,7 @@ import sys
 import unicodedata
 from pathlib import Path
 
-CORPUS_VERSION = 3
+CORPUS_VERSION = 4
 MIN_SIZE = 20_000
 CACHE_DIR = Path(__file__).resolve().parent / ".corpus_cache"
 
@@ -310,6 +310,11 @@ def _build(min_size: int) -> dict[str, list[str]]:
     short, long_texts = debian_descriptions()
     sentences = sorted({s.strip() for text in long_texts for s in re.split(r"(?<=\.)\s+|\n", text) if len(s.strip()) > 3})
     words = sorted({w for text in short + long_texts for w in re.findall(r"[^\W\d_]{2,}", text)})
+    if os.path.exists("/usr/share/dict/words"):  # a words list, when one is installed
+        words = sorted(set(words) | set(Path("/usr/share/dict/words").read_text("utf-8", "replace").split()))
+    if len(words) < 4000:  # no package lists either: words of Unicode character names
+        names = (unicodedata.name(chr(c), "") for c in range(0x20000))
+        words = sorted(set(words) | {w.lower() for name in names for w in name.split() if w.isalpha()})
 
     cat: dict[str, list[str]] = {}
     cat["debian_short"] = _spread(short, 7000)

@@ -189,17 +189,27 @@ def _check_same_numerics(requested: ClipConfig, declared: ClipConfig, source: st
 
 
 def _hf_preprocess_config(directory: Path) -> Optional[PreprocessConfig]:
-    """Read transformers' preprocessor_config.json (image size, mean/std) when the directory has one."""
-    file = directory / "preprocessor_config.json"
-    if not directory.is_dir() or not file.exists():
+    """Image size and mean/std from transformers' image-processor config, when the directory has one.
+
+    `CLIPImageProcessor.save_pretrained` writes preprocessor_config.json; transformers 5's
+    `CLIPProcessor.save_pretrained` nests the same fields under "image_processor" in processor_config.json.
+    """
+    if not directory.is_dir():
         return None
-    raw = json.loads(file.read_text())
+    raw: Optional[dict] = None
+    if (directory / "preprocessor_config.json").exists():
+        raw = json.loads((directory / "preprocessor_config.json").read_text())
+    elif (directory / "processor_config.json").exists():
+        raw = json.loads((directory / "processor_config.json").read_text()).get("image_processor")
+    if not raw:
+        return None
     crop = raw.get("crop_size", 224)
     size = crop.get("height", 224) if isinstance(crop, dict) else int(crop)
     return PreprocessConfig(
         image_size=size,
         mean=tuple(raw.get("image_mean", PreprocessConfig.mean)),
         std=tuple(raw.get("image_std", PreprocessConfig.std)),
+        interpolation="bilinear" if raw.get("resample") == 2 else "bicubic",
         mode="hf",
     )
 

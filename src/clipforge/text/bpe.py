@@ -68,6 +68,12 @@ class BoundedCache(dict):
             self.update(self.fixed)
         self.update(new)
 
+    def put(self, key: str, value: tuple[int, ...]) -> None:
+        if len(self) >= self.max_entries:
+            self.clear()
+            self.update(self.fixed)
+        self[key] = value
+
 
 @dataclass(eq=False)
 class BytePairVocab:
@@ -80,7 +86,7 @@ class BytePairVocab:
     byte_id_end: list[int]  # byte value -> id of that byte as the last symbol of a word
     byte_id_table: bytes  # byte_id as a bytes.translate table
     byte_pair_merges: list[int]  # (a << 8 | b) -> merged id for two mid-word byte ids, or _NO_MERGE
-    token_bytes: list[bytes]  # id -> the bytes it spells ("</w>" not included)
+    token_bytes: list[bytes]  # id -> the bytes it spells, "</w>" as a space
     cache: BoundedCache = field(default_factory=lambda: BoundedCache(100_000))
     max_cached_word_chars: int = 64
 
@@ -98,7 +104,7 @@ class BytePairVocab:
         if ids is None:
             ids = self.bpe(word)
             if len(word) <= self.max_cached_word_chars:
-                self.cache.add({word: ids})
+                self.cache.put(word, ids)
         return ids
 
     def bpe(self, word: str) -> tuple[int, ...]:

@@ -235,6 +235,8 @@ class Tokenizer:
         if chunk == normalize.BATCH_SEPARATOR:
             return _SEPARATOR_IDS
         word_ids = self._vocab.word_ids
+        if chunk.isalpha():  # plain text: only a-z, so the chunk is one word
+            return word_ids(chunk)
         return tuple(chain.from_iterable(word_ids(w) for w in self._plain_split.findall(chunk)))
 
     def _text_ids(self, text: str, limit: int | None) -> list[int]:
