@@ -1,7 +1,7 @@
 """`clipforge classify`: zero-shot classify image files against a list of labels.
 
-Also holds the small helpers `clipforge compare` shares (model arguments, image batches with
-errors reported and skipped). torch and the model code are imported inside the functions, so
+Also holds the small helpers `clipforge compare` shares (label lists, image batches with errors
+reported and skipped). torch and the model code are imported inside the functions, so
 registering the command costs nothing.
 """
 
@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
+
+from clipforge.cli.common import add_model_arguments, load_model
 
 if TYPE_CHECKING:
     from clipforge.image import ImageBatch, Preprocess
@@ -29,32 +31,11 @@ reported on stderr (and as error entries with --json) and skipped; the exit code
 least one image was classified.
 """
 
-MODEL_HELP = (
-    "model to use (required: clipforge bundles no default model yet): a named architecture "
-    "(with --weights), a checkpoint file or directory, or a Hugging Face hub id"
-)
-
-
 # ---- shared with `clipforge compare` --------------------------------------------------------------
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model/--weights/--arch/--device/--batch-size, as every image command takes them."""
-    parser.add_argument("--model", required=True, metavar="NAME_OR_PATH", help=MODEL_HELP)
-    parser.add_argument("--weights", metavar="TAG", help="named weights for a named architecture (e.g. openai)")
-    parser.add_argument("--arch", help="architecture of a checkpoint file that does not say (e.g. ViT-H-14)")
+def add_batch_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images (and texts) per batch (default 64)")
-    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-
-
-def load_model(args: argparse.Namespace) -> tuple[Any, "Preprocess", Any]:
-    """`clipforge.load` with the command's model arguments: `(model, preprocess, tokenizer)`."""
-    import torch
-
-    import clipforge
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return clipforge.load(args.model, weights=args.weights, arch=args.arch, device=device)
 
 
 def read_list(inline: Optional[str], file: Optional[str], what: str) -> list[str]:
@@ -126,6 +107,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     saved.add_argument("--save-classifier", metavar="FILE", help="also write the built classifier (.safetensors or .pt)")
     saved.add_argument("--classifier", metavar="FILE", help="use a classifier saved earlier (labels and templates come from it)")
     add_model_arguments(p)
+    add_batch_argument(p)
     p.set_defaults(func=run)
 
 

@@ -7,7 +7,8 @@ import os
 import sys
 from typing import Any
 
-from clipforge.cli.classify import add_model_arguments, image_batches, load_model, read_list
+from clipforge.cli.classify import add_batch_argument, image_batches, read_list
+from clipforge.cli.common import add_model_arguments, load_model
 
 EXAMPLE = """examples:
   clipforge compare cat.jpg diagram.png --texts "a diagram,a dog,a cat" --model ViT-B-32 --weights openai
@@ -35,6 +36,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     texts.add_argument("--texts-file", metavar="FILE", help="text file with one text per line (texts may contain commas)")
     p.add_argument("--png", metavar="FILE", help="also write a heatmap with image thumbnails")
     add_model_arguments(p)
+    add_batch_argument(p)
     p.set_defaults(func=run)
 
 

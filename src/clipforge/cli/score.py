@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
+
+from clipforge.cli.common import add_model_arguments, load_model
 
 EPILOG = """examples:
   clipforge score --model ViT-B-32 --weights openai cat.png dog.png --texts "a cat" "a dog"
@@ -28,25 +31,32 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--texts", nargs="+", required=True, metavar="TEXT",
                    help="one caption per image, or one for all (give it after the images)")
-    p.add_argument("--model", required=True, help="named architecture, checkpoint file/dir or hub id")
-    p.add_argument("--weights", help="weights tag for a named architecture (e.g. openai)")
+    add_model_arguments(p)
     p.add_argument("--definition", default="torchmetrics", choices=["torchmetrics", "paper", "paper_prefix"])
-    p.add_argument("--device", help="torch device (default: cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    import clipforge
-    from clipforge.image import load_image
+    from clipforge.image import ImageLoadError, load_image
     from clipforge.tasks.scoring import clip_score
 
     if len(args.texts) not in (1, len(args.images)):
         raise ValueError(f"got {len(args.images)} images and {len(args.texts)} texts: give one text per image, or one")
-    model, preprocess, tokenizer = clipforge.load(args.model, args.weights, device=args.device)
-    images = [load_image(path) for path in args.images]
-    texts = list(args.texts) * (len(images) if len(args.texts) == 1 else 1)
+    all_texts = list(args.texts) * (len(args.images) if len(args.texts) == 1 else 1)
+    paths, images, texts = [], [], []
+    for path, text in zip(args.images, all_texts):
+        try:
+            images.append(load_image(path))
+        except ImageLoadError as err:  # reported and skipped; the other pairs are still scored
+            print(f"skipped {path}: {err.code}: {err.reason}", file=sys.stderr)
+            continue
+        paths.append(path)
+        texts.append(text)
+    if not images:
+        raise ValueError("no readable image to score")
+    model, preprocess, tokenizer = load_model(args)
     scores = clip_score(model, images, texts, definition=args.definition, preprocess=preprocess, tokenizer=tokenizer)
 
     result: dict[str, Any] = {"model": args.model, "definition": args.definition}
@@ -54,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         result["score"] = float(scores)
     else:
         result["scores"] = [
-            {"image": path, "text": text, "score": float(s)} for path, text, s in zip(args.images, texts, scores)
+            {"image": path, "text": text, "score": float(s)} for path, text, s in zip(paths, texts, scores)
         ]
         result["mean"] = float(scores.mean())
     if args.json:

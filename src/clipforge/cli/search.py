@@ -11,7 +11,8 @@ import argparse
 import sys
 from typing import Any
 
-from clipforge.cli.embed import add_model_arguments, add_run_arguments, load_model, model_reference, storage_dtype
+from clipforge.cli.common import add_model_arguments, load_model, model_reference, storage_dtype
+from clipforge.cli.embed import add_run_arguments
 
 BACKEND_CHOICES = ("exact", "faiss-ivf", "faiss-hnsw")
 
@@ -31,7 +32,7 @@ def _run_index(args: argparse.Namespace) -> int:
     from clipforge.tasks.search import SearchIndex, build_index
 
     reference = model_reference(args)
-    model, preprocess, tokenizer = load_model(reference, args.device, args.precision)
+    model, preprocess, tokenizer = load_model(args, reference)
     summary = build_index(
         model, preprocess, tokenizer, args.folder, args.out, model_reference=reference,
         batch_size=args.batch_size, num_workers=args.workers, dtype=storage_dtype(args.precision),
@@ -69,7 +70,7 @@ def _run_search(args: argparse.Namespace) -> int:
     }
     if not reference["name_or_path"]:
         raise ValueError(f"{args.index} does not record how to load its model; pass --model (and --weights/--arch)")
-    model, preprocess, tokenizer = load_model(reference, args.device, args.precision)
+    model, preprocess, tokenizer = load_model(args, reference)
     check_model(stored, {**reference, **model_fingerprint(model, tokenizer)}, f"index {args.index}")
 
     if args.image is not None:
