@@ -35,7 +35,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     q.add_argument("--source", nargs="+", metavar="PATH", help=".deb files, a folder with them, or an unpacked tree")
     q.add_argument("--image-size", type=int, default=128, help="side of the square output images (default 128)")
     q.add_argument("--limit", type=int, help="build only this many pairs (a fixed, spread-out sample)")
-    q.add_argument("--workers", type=int, help="image-processing processes (default: up to 4)")
+    q.add_argument("--workers", type=int, default=1, help="image-processing processes (default 1: this one)")
     q.add_argument("--cache-dir", metavar="DIR", help="where fetched and unpacked packages are kept")
     q.add_argument("--min-class-images", type=int, default=40,
                    help="images a category needs to become a zero-shot class (default 40)")

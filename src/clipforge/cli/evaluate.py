@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from clipforge.cli.classify import add_model_arguments, load_model
+from clipforge.cli.common import add_model_arguments, load_model
 
 EXAMPLE = """examples:
   clipforge evaluate --model ViT-B-32 --weights openai --data data/openclipart
@@ -33,6 +33,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     p.add_argument("--classes", metavar="FILE", help="classes JSON for zero-shot (default DIR/classes.json if present)")
     p.add_argument("--report", metavar="OUT_DIR", help="also write OUT_DIR/report.md")
     p.add_argument("--curves", metavar="JSONL", help="training log to plot in the report")
+    p.add_argument("--batch-size", type=int, default=128, help="images (and texts) per batch (default 128)")
     p.add_argument("--workers", type=int, default=0, help="image-decoding worker processes (default 0)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     add_model_arguments(p)
