@@ -54,7 +54,10 @@ PACKAGES = ("openclipart-png", "openclipart-svg")
 PNG_SUBDIR = Path("usr/share/openclipart/png")
 SVG_SUBDIR = Path("usr/share/openclipart/svg")
 # Bump when the output for the same input changes (captions, image processing, splits).
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
+# train_capped.jsonl keeps at most this many images per identical caption: in a contrastive batch,
+# identical captions are false negatives (1,125 of 5,500 training pairs read "gramastar. stars, ...").
+MAX_PAIRS_PER_CAPTION = 8
 
 SPLITS = ("train", "val", "test")
 SPLIT_PERCENT = {"train": 80, "val": 10, "test": 10}
@@ -513,6 +516,17 @@ def split_of(source: str) -> str:
     return "val" if bucket < SPLIT_PERCENT["train"] + SPLIT_PERCENT["val"] else "test"
 
 
+def cap_per_caption(records: Sequence[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """At most `limit` records per identical caption, chosen by a hash of the source path (deterministic)."""
+    kept: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for r in sorted(records, key=lambda r: hashlib.sha1(f"cap:{r['source']}".encode("utf-8")).hexdigest()):
+        if seen.get(r["caption"], 0) < limit:
+            seen[r["caption"]] = seen.get(r["caption"], 0) + 1
+            kept.append(r)
+    return sorted(kept, key=lambda r: r["image"])
+
+
 def _subset_key(item: _Item) -> str:
     # A different hash from split_of's, so that `limit` takes a spread-out sample, not one split's worth.
     return hashlib.sha1(f"subset:{item.source}".encode("utf-8")).hexdigest()
@@ -809,6 +823,8 @@ def build(
 
     for split in SPLITS:
         _write_atomic(out / f"{split}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records[split]))
+    capped = cap_per_caption(records["train"], MAX_PAIRS_PER_CAPTION)
+    _write_atomic(out / "train_capped.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in capped))
     classes = {
         "classnames": classnames,
         "templates": TEMPLATES,
@@ -882,7 +898,7 @@ def _previous_build(out: Path, params: dict[str, Any]) -> Optional[DatasetSummar
         return None
     if info.get("params") != params:
         return None
-    needed = [out / f"{s}.jsonl" for s in SPLITS] + [out / "classes.json", out / "LICENSE_AND_PROVENANCE.md"]
+    needed = [out / f"{s}.jsonl" for s in SPLITS] + [out / "train_capped.jsonl", out / "classes.json", out / "LICENSE_AND_PROVENANCE.md"]
     if not all(p.is_file() for p in needed):
         return None
     for split in SPLITS:  # cheap existence check of every image the splits name
