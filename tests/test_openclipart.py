@@ -219,11 +219,16 @@ def test_build_records_labels_and_classes(fake_build):
     assert records[base + "food/pie.png"]["label"] == 1
     assert records[base + "computer/icons/flat-theme/action/undo.png"]["label"] == -1  # category below the threshold
     assert records[base + "unsorted/vaso.png"]["label"] == -1  # never a class
-    assert records[base + "animals/mammals/cat_01.png"]["caption"] == "Sleeping Cat. A grey cat asleep on a cushion. animal, mammal"
-    assert records[base + "animals/dog_jane_doe_01.png"]["caption"] == "dog, pet"  # file-name title and author tag dropped
-    assert records[base + "food/fruit/apple.png"]["caption"] == 'Red "Apple". food, fruit'
-    assert records[base + "food/pie.png"]["caption"] == "food, dessert"
-    assert records[base + "computer/icons/flat-theme/action/undo.png"]["caption"] == "computer, icons, flat theme, action"
+    # The category path comes first, the class's readable name for its top level (with_category).
+    assert records[base + "animals/mammals/cat_01.png"]["caption"] == (
+        "clip art of animals, mammals. Sleeping Cat. A grey cat asleep on a cushion. animal, mammal"
+    )
+    assert records[base + "animals/dog_jane_doe_01.png"]["caption"] == "clip art of animals. dog, pet"  # file-name title and author tag dropped
+    assert records[base + "food/fruit/apple.png"]["caption"] == 'clip art of food and drink, fruit. Red "Apple". food, fruit'
+    assert records[base + "food/pie.png"]["caption"] == "clip art of food and drink. food, dessert"
+    # No metadata but the category: the category alone, said once.
+    assert records[base + "computer/icons/flat-theme/action/undo.png"]["caption"] == "clip art of computer icons, icons, flat theme, action"
+    assert records[base + "unsorted/vaso.png"]["caption"] == "Vaso"  # "unsorted" is no category worth naming
     for source, r in records.items():
         assert r["split"] == oc.split_of(source)
         assert r["image"] == "images/" + source[len(base):]

@@ -1,6 +1,7 @@
 """`load` and `save`: compose configs, checkpoint formats, the hub cache, models, tokenizer and preprocessing.
 
 Resolution order for `load(name_or_path, weights=None, arch=None)`:
+0. nothing, or "clipforge-mini" -> the bundled default model (in the package: no download);
 1. an existing local path (file or directory) -> read it, whatever its format;
 2. a named architecture (`"ViT-B-32"`, `"ViT-B-32-quickgelu"`) with an optional weights tag
    (`weights="openai"`); without a tag the model is randomly initialised (as open_clip does);
@@ -36,6 +37,7 @@ from clipforge.models import ClipModel
 from clipforge.text import Tokenizer
 
 SaveFormat = Literal["clipforge", "openai", "open_clip", "hf"]
+BUNDLED_MODEL_NAME = "clipforge-mini"  # `load()` and `load("clipforge-mini")` both give the bundled model
 
 
 class ConfigMismatchError(ValueError):
@@ -55,16 +57,17 @@ def load(
 ) -> tuple[ClipModel, Preprocess, Tokenizer]:
     """Load a CLIP model with its preprocessing and tokenizer. Returns `(model, preprocess, tokenizer)`.
 
+    With no arguments: the small bundled default model (clipforge-mini), offline.
+
     The model is in eval mode, fp32 unless `dtype` is given, on CPU unless `device` is given.
     `arch` names an architecture (or gives a ClipConfig, for custom shapes) for files that do not say.
     `preprocess_mode` defaults to "hf" (CLIPImageProcessor's numbers) for transformers-format
     weights and "openai" otherwise, so each set of weights is preprocessed as its own library does.
     """
-    if name_or_path is None:
-        raise ValueError(
-            "clipforge.load() needs a model: a named architecture (see clipforge.list_models()), "
-            "a local checkpoint path, or a Hugging Face hub id"
-        )
+    if name_or_path is None or name_or_path == BUNDLED_MODEL_NAME:
+        if weights is not None or arch is not None:
+            raise ValueError("weights/arch given without a model name: pass a named architecture or a path")
+        name_or_path = bundled_model_path()
     name = str(name_or_path)
     preprocess_cfg: Optional[PreprocessConfig] = None
     if Path(name).expanduser().exists():
@@ -87,6 +90,14 @@ def load(
     preprocess = Preprocess(dataclasses.replace(preprocess_cfg, mode=mode))
     tokenizer = Tokenizer(context_length=model.config.text.context_length)
     return model, preprocess, tokenizer
+
+
+def bundled_model_path() -> Path:
+    """The default model shipped inside the package (see recipes/clipforge-mini.toml and docs/training.md)."""
+    path = Path(__file__).parent / "bundled" / "clipforge-mini.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"the bundled default model is missing from this installation ({path})")
+    return path
 
 
 def save(model: ClipModel, path: Union[str, Path], format: SaveFormat = "clipforge") -> Path:

@@ -12,12 +12,15 @@ from typing import Any, Optional
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True, default_note: str = "") -> None:
-    """--model / --weights / --arch / --device / --precision."""
+DEFAULT_MODEL_NOTE = " (default: the bundled clipforge-mini model, offline)"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_note: str = DEFAULT_MODEL_NOTE) -> None:
+    """--model / --weights / --arch / --device / --precision. Without --model: `default_note` says what is used."""
     parser.add_argument(
-        "--model", required=required, metavar="NAME_OR_PATH",
+        "--model", metavar="NAME_OR_PATH",
         help="a named architecture (with --weights), a checkpoint file or directory, or a Hugging Face hub id"
-        + (" (required)" if required else "") + default_note,
+        + default_note,
     )
     parser.add_argument("--weights", metavar="TAG", help="weights tag for a named architecture (e.g. openai)")
     parser.add_argument("--arch", help="architecture of a checkpoint file that does not say (e.g. ViT-H-14)")
@@ -28,8 +31,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True, 
 
 def model_reference(args: argparse.Namespace) -> dict[str, Optional[str]]:
     """What identifies the model: local paths made absolute so a record of it survives a `cd`."""
-    name = args.model
-    if name is not None and os.path.exists(os.path.expanduser(name)):
+    name = args.model or "clipforge-mini"  # the bundled default (clipforge.loading.BUNDLED_MODEL_NAME)
+    if os.path.exists(os.path.expanduser(name)):
         name = os.path.abspath(os.path.expanduser(name))
     return {"name_or_path": name, "weights": args.weights, "arch": args.arch}
 

@@ -130,5 +130,5 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--check-recall", action="store_true",
                    help="with a FAISS backend: also run exact search and report recall@k of this query")
     p.add_argument("--html", help="write a self-contained HTML page of thumbnails to this file")
-    add_model_arguments(p, required=False, default_note=" (default: the model the index records)")
+    add_model_arguments(p, default_note=" (default: the model the index records)")
     p.set_defaults(func=_run_search)

@@ -54,7 +54,7 @@ PACKAGES = ("openclipart-png", "openclipart-svg")
 PNG_SUBDIR = Path("usr/share/openclipart/png")
 SVG_SUBDIR = Path("usr/share/openclipart/svg")
 # Bump when the output for the same input changes (captions, image processing, splits).
-BUILDER_VERSION = 2
+BUILDER_VERSION = 6
 # train_capped.jsonl keeps at most this many images per identical caption: in a contrastive batch,
 # identical captions are false negatives (1,125 of 5,500 training pairs read "gramastar. stars, ...").
 MAX_PAIRS_PER_CAPTION = 8
@@ -480,6 +480,24 @@ def make_caption(meta: SvgMetadata, category: str = "") -> str:
     return caption
 
 
+def with_category(caption: str, category: str) -> str:
+    """Prefix the package's category path, a piece of metadata every image has: "clip art of animals,
+    mammals. Armadillo. animal". Titles and keywords rarely name the category, so without it the text
+    tower never learns the benchmark's class names (zero-shot stayed at chance in a trial run); first,
+    so that truncation to a short context never cuts it off.
+    """
+    parts = [p for p in category.split("/") if p] if category else []
+    if not parts or parts[0] in EXCLUDED_CATEGORIES:
+        return caption
+    readable = [p.replace("_", " ").replace("-", " ") for p in parts]
+    prefix = "clip art of " + ", ".join([_class_name(parts[0])] + readable[1:])
+    # make_caption falls back to the bare category path when an image has no other metadata.
+    if not caption or caption == ", ".join(readable):
+        return prefix
+    full = _sentences([prefix, caption])
+    return full if len(full) <= MAX_CAPTION_CHARS else full[:MAX_CAPTION_CHARS].rsplit(" ", 1)[0].rstrip(" ,.;:")
+
+
 def _sentences(parts: Sequence[str]) -> str:
     # "Mhooo!" + "mammal, cow" -> "Mhooo! mammal, cow", not "Mhooo!. mammal, cow".
     out = ""
@@ -805,7 +823,7 @@ def build(
         records[split_of(item.source)].append(
             {
                 "image": f"images/{item.rel}",
-                "caption": result["caption"],
+                "caption": with_category(result["caption"], item.category),
                 "label": label_of.get(item.top_category, -1),
                 "source": item.source,
                 "category": item.category,

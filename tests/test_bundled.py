@@ -1,0 +1,58 @@
+"""The bundled default model: loads offline with no arguments, runs the demo, and beats chance on held-out data."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+import clipforge
+from clipforge import bundled
+
+CACHE = Path(__file__).resolve().parent / ".corpus_cache"
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network access from the bundled model")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_load_with_no_arguments_is_the_bundled_model_offline(no_network):
+    model, preprocess, tokenizer = clipforge.load()
+    same, _, _ = clipforge.load("clipforge-mini")
+    assert model.config == same.config
+    assert model.dtype.is_floating_point and str(model.dtype) == "torch.float32"  # stored fp16, run fp32
+    assert preprocess.config.image_size == model.config.image_size
+    assert tokenizer(["a cat"]).shape == (1, model.config.text.context_length)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 1e6 < n_params < 2e7, n_params  # "a few million parameters"
+
+
+def test_demo_prints_labels_and_search_results(no_network, capsys):
+    from clipforge.cli import main
+
+    assert main.main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "top-1 correct" in out and "Text search" in out
+    for sample in bundled.samples():
+        assert sample["path"].name in out
+
+
+def test_bundled_model_beats_chance_on_the_held_out_test_split(tmp_path_factory):
+    """Zero-shot accuracy over OpenClipArt's test split (never trained on) beats the majority-class rate."""
+    from clipforge.datasets import openclipart
+    from clipforge.evaluation import evaluate
+
+    data = tmp_path_factory.mktemp("openclipart")
+    openclipart.build(data, cache_dir=CACHE, progress=False)
+    assert json.loads((data / "classes.json").read_text())["classnames"] == bundled.classes()["classnames"]
+    model, preprocess, tokenizer = clipforge.load()
+    metrics = evaluate(model, preprocess, tokenizer, data / "test.jsonl", data / "classes.json", progress=False)
+    assert metrics["zero_shot_top1"] > metrics["zero_shot_chance_majority"] + 0.05, metrics
+    assert metrics["image_to_text_R@10"] > 5 * 10 / metrics["n_texts"], metrics  # far above random retrieval
