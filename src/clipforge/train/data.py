@@ -1,0 +1,546 @@
+"""Training data: image-caption pairs from CSV/TSV/JSONL files or streamed WebDataset tar shards.
+
+Both sources turn samples into `Batch`es in DataLoader worker processes. A sample that cannot be
+used (missing or corrupt image, missing caption, malformed line, unreadable shard) becomes a
+`BadSample`; the collate function drops it and the batch carries the record, so the trainer
+counts and logs it and training goes on. Batches can therefore be smaller than `batch_size`.
+
+Determinism (what exact resume and the DDP equivalence rest on):
+* pairs files: the sample order of an epoch is a pure function of (seed, epoch) (`EpochBatchSampler`);
+  global batch `s` is the same set of samples whatever the number of ranks, and resuming skips
+  the micro-batches already consumed without loading them;
+* augmentation draws from a generator seeded by (seed, epoch, sample), never from global state,
+  so it does not depend on which rank or worker loads a sample;
+* WebDataset: shard order is shuffled per epoch from (seed, epoch); each (rank, worker) stream
+  is a pure function of (seed, epoch, its role); a resumed run skips, per stream, the samples
+  already consumed (reading but not decoding them). Resume needs the same number of ranks and workers.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import logging
+import os
+import posixpath
+import random
+import re
+import tarfile
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from clipforge.image import ImageLoadError, load_image
+from clipforge.image.files import DEFAULT_MAX_PIXELS
+from clipforge.train.augment import TrainTransform, sample_generator
+
+logger = logging.getLogger("clipforge.train")
+
+IMAGE_COLUMNS = ("image", "path", "filepath")
+CAPTION_COLUMNS = ("caption", "text")
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
+
+
+@dataclass
+class BadSample:
+    key: str  # file path, or "shard.tar:key" for WebDataset
+    reason: str
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # [n, 3, S, S]
+    texts: torch.Tensor  # [n, context_length]
+    bad: list[BadSample] = field(default_factory=list)
+    role: int = -1  # WebDataset stream that produced the batch (-1: pairs file)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def pin_memory(self) -> "Batch":  # DataLoader(pin_memory=True) calls this for custom types
+        return Batch(self.images.pin_memory(), self.texts.pin_memory(), self.bad, self.role)
+
+
+class CollatePairs:
+    """[(pixels, caption) | BadSample] -> Batch. Tokenizes in the worker; the tokenizer is built
+    lazily there so this object pickles for any multiprocessing start method."""
+
+    def __init__(self, image_size: int, context_length: int, role: int = -1) -> None:
+        self.image_size = image_size
+        self.context_length = context_length
+        self.role = role
+        self._tokenizer: Any = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tokenizer": None}
+
+    def __call__(self, items: Sequence[Union[tuple[torch.Tensor, str], BadSample]]) -> Batch:
+        good = [item for item in items if not isinstance(item, BadSample)]
+        bad = [item for item in items if isinstance(item, BadSample)]
+        if good:
+            if self._tokenizer is None:
+                from clipforge.text import Tokenizer
+
+                self._tokenizer = Tokenizer(context_length=self.context_length)
+            images = torch.stack([pixels for pixels, _ in good])
+            texts = self._tokenizer([caption for _, caption in good])
+        else:
+            images = torch.empty(0, 3, self.image_size, self.image_size)
+            texts = torch.zeros(0, self.context_length, dtype=torch.long)
+        return Batch(images, texts, bad, self.role)
+
+
+# ---- CSV / TSV / JSONL pairs ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pair:
+    key: str  # what a log line names: the image path, or "file:line" for a malformed line
+    image: Optional[str]
+    caption: Optional[str]
+    problem: Optional[str] = None  # set when the line itself is unusable
+
+
+def _pick(columns: Sequence[str], wanted: Sequence[str], what: str, path: Path) -> str:
+    lowered = {c.lower().strip(): c for c in columns if c is not None}
+    for name in wanted:
+        if name in lowered:
+            return lowered[name]
+    raise ValueError(f"{path}: no {what} column: expected one of {', '.join(wanted)}, found {list(columns)}")
+
+
+def read_pairs(
+    path: Union[str, Path], image_root: Union[str, Path, None] = None, separator: Optional[str] = None
+) -> list[Pair]:
+    """Read (image path, caption) pairs. Columns/keys: image|path|filepath and caption|text.
+
+    Relative image paths resolve against `image_root`, default the file's own folder. A line that
+    cannot be parsed, or lacks a field, becomes a Pair with `problem` set (skipped and counted later).
+    """
+    path = Path(path)
+    root = Path(image_root) if image_root is not None else path.parent
+    pairs: list[Pair] = []
+
+    def resolve(p: Any) -> Optional[str]:
+        if p is None or str(p).strip() == "":
+            return None
+        p = Path(str(p).strip()).expanduser()
+        return str(p if p.is_absolute() else root / p)
+
+    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        image_key = caption_key = None
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{n}"
+                try:
+                    record = json.loads(line)
+                    if not isinstance(record, dict):
+                        raise ValueError("not a JSON object")
+                except ValueError as e:
+                    pairs.append(Pair(where, None, None, f"malformed line: {e}"))
+                    continue
+                if image_key is None:
+                    image_key = _pick(list(record), IMAGE_COLUMNS, "image", path)
+                    caption_key = _pick(list(record), CAPTION_COLUMNS, "caption", path)
+                image, caption = resolve(record.get(image_key)), record.get(caption_key)
+                problem = None if image is not None else "no image path"
+                pairs.append(Pair(image or where, image, None if caption is None else str(caption), problem))
+        return pairs
+
+    if separator is None:
+        separator = "\t" if path.suffix.lower() == ".tsv" else ","
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter=separator)
+        columns = reader.fieldnames or []
+        image_key = _pick(columns, IMAGE_COLUMNS, "image", path)
+        caption_key = _pick(columns, CAPTION_COLUMNS, "caption", path)
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            image, caption = resolve(row.get(image_key)), row.get(caption_key)
+            problem = None if image is not None else "no image path"
+            pairs.append(Pair(image or where, image, caption, problem))
+    return pairs
+
+
+class PairDataset(Dataset):
+    """`dataset[i] -> (pixels [3, S, S], caption)` or a BadSample. Set `epoch` before each epoch."""
+
+    def __init__(self, pairs: Sequence[Pair], transform: TrainTransform, seed: int) -> None:
+        self.pairs = list(pairs)
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> Union[tuple[torch.Tensor, str], BadSample]:
+        pair = self.pairs[index]
+        if pair.problem is not None:
+            return BadSample(pair.key, pair.problem)
+        if pair.caption is None or not pair.caption.strip():
+            return BadSample(pair.key, "missing or empty caption")
+        try:
+            image = load_image(pair.image)
+        except ImageLoadError as e:
+            return BadSample(pair.key, f"{e.code}: {e.reason}")
+        return _transform(self.transform, image, pair.key, pair.caption, sample_generator(self.seed, self.epoch, index))
+
+
+def _transform(
+    transform: TrainTransform, image: Image.Image, key: str, caption: str, generator: torch.Generator
+) -> Union[tuple[torch.Tensor, str], BadSample]:
+    try:
+        return transform(image, generator), caption
+    except (OSError, ValueError, TypeError, MemoryError) as e:  # decoded but unusable pixels
+        return BadSample(key, f"preprocess_failed: {type(e).__name__}: {e}")
+
+
+class EpochBatchSampler:
+    """Micro-batches of indices for one rank and one epoch: a pure function of (seed, epoch).
+
+    The epoch's permutation is cut into global steps of world * accum * batch samples (the
+    remainder is dropped); within a step, rank r takes the r-th consecutive slice of accum * batch
+    and splits it into `accum` micro-batches. So the samples of step s are the same set for any
+    number of ranks and any accumulation, which is what makes those runs equivalent.
+    `start` skips micro-batches already consumed (resume) without touching their data.
+    """
+
+    def __init__(
+        self, num_samples: int, batch_size: int, accum_steps: int, rank: int, world_size: int,
+        seed: int, epoch: int, start: int = 0,
+    ) -> None:
+        self.num_samples, self.batch_size, self.accum_steps = num_samples, batch_size, accum_steps
+        self.rank, self.world_size, self.seed, self.epoch, self.start = rank, world_size, seed, epoch, start
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_samples // (self.world_size * self.accum_steps * self.batch_size)
+
+    def __len__(self) -> int:
+        return max(self.steps_per_epoch * self.accum_steps - self.start, 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.num_samples, generator=sample_generator(self.seed, self.epoch)).tolist()
+        per_step, per_rank = self.world_size * self.accum_steps * self.batch_size, self.accum_steps * self.batch_size
+        for step in range(self.steps_per_epoch):
+            base = step * per_step + self.rank * per_rank
+            for j in range(self.accum_steps):
+                if step * self.accum_steps + j < self.start:
+                    continue
+                yield order[base + j * self.batch_size : base + (j + 1) * self.batch_size]
+
+
+# ---- WebDataset tar shards ---------------------------------------------------------------------------
+
+_BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+def expand_shards(spec: Union[str, Sequence[str]]) -> list[str]:
+    """Shard list from "a/{000..009}.tar", a directory (its *.tar), a glob, or several joined by "::"."""
+    parts = spec.split("::") if isinstance(spec, str) else list(spec)
+    shards: list[str] = []
+    for part in parts:
+        part = part.strip()
+        match = _BRACES.search(part)
+        if match:
+            lo, hi = match.group(1), match.group(2)
+            width = len(lo)
+            for n in range(int(lo), int(hi) + 1):
+                shards.extend(expand_shards(part[: match.start()] + str(n).zfill(width) + part[match.end():]))
+        elif os.path.isdir(part):
+            shards.extend(sorted(glob.glob(os.path.join(part, "*.tar"))))
+        elif any(c in part for c in "*?["):
+            shards.extend(sorted(glob.glob(part)))
+        else:
+            shards.append(part)
+    return shards
+
+
+def _split_name(name: str) -> Optional[tuple[str, str]]:
+    """WebDataset's convention: the key is the path up to the first dot of the basename."""
+    directory, base = posixpath.split(name)
+    if "." not in base or base.startswith("."):
+        return None
+    stem, ext = base.split(".", 1)
+    return posixpath.join(directory, stem), ext.lower()
+
+
+RawSample = Union[tuple[str, dict[str, bytes]], BadSample]
+
+
+def iter_tar_samples(path: str) -> Iterator[RawSample]:
+    """Stream (key, {extension: bytes}) groups from one tar; an unreadable tar yields one BadSample."""
+    key: Optional[str] = None
+    files: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                split = _split_name(member.name)
+                if split is None:
+                    continue
+                if split[0] != key:
+                    if key is not None:
+                        yield f"{path}:{key}", files
+                    key, files = split[0], {}
+                handle = tar.extractfile(member)
+                files[split[1]] = handle.read() if handle is not None else b""
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        yield BadSample(path, f"unreadable shard: {type(e).__name__}: {e}")
+        return
+    if key is not None:
+        yield f"{path}:{key}", files
+
+
+def count_samples(shards: Sequence[str]) -> int:
+    """Samples (distinct keys) in the shards, from the tar headers only."""
+    total = 0
+    for shard in shards:
+        try:
+            with tarfile.open(shard, mode="r:*") as tar:
+                keys = {s[0] for s in map(_split_name, (m.name for m in tar.getmembers() if m.isfile())) if s}
+            total += len(keys)
+        except (tarfile.TarError, OSError) as e:
+            logger.warning("cannot count samples in %s (%s); it counts as empty", shard, e)
+    return total
+
+
+def decode_sample(
+    raw: RawSample, transform: TrainTransform, generator: torch.Generator
+) -> Union[tuple[torch.Tensor, str], BadSample]:
+    if isinstance(raw, BadSample):
+        return raw
+    key, files = raw
+    ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
+    if ext is None:
+        return BadSample(key, f"no image file (has: {', '.join(sorted(files)) or 'nothing'})")
+    if "txt" not in files:
+        return BadSample(key, "no caption (.txt) file")
+    caption = files["txt"].decode("utf-8", errors="replace").strip()
+    if not caption:
+        return BadSample(key, "empty caption")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(files[ext]))
+            if image.width * image.height > DEFAULT_MAX_PIXELS:
+                return BadSample(key, f"decompression_bomb: {image.width}x{image.height}")
+            image.load()
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        return BadSample(key, f"corrupt image: {type(e).__name__}: {e}")
+    return _transform(transform, image, key, caption, generator)
+
+
+def _derive_seed(*key: int) -> int:
+    return int(np.random.SeedSequence([int(k) for k in key] + [len(key)]).generate_state(1, np.uint64)[0])
+
+
+class ShardStream(IterableDataset):
+    """Streams WebDataset shards as ready-made Batches (DataLoader(batch_size=None)).
+
+    Each DataLoader worker of each rank plays a "role" and reads its own slice of the shards:
+    without resampling, the epoch's shard order (shuffled from (seed, epoch), the same on every
+    rank) is dealt out round-robin over world * workers roles and cycled when used up, so every
+    rank can always produce as many batches as the epoch needs; with `resampled`, each role
+    draws shards with replacement. Samples pass a seeded shuffle buffer, then are decoded and
+    augmented with per-sample generators. `role_skips` and `first_role` resume mid-epoch: the
+    DataLoader hands out worker batches round-robin, so rotating the roles makes the resumed
+    stream continue exactly where the interrupted one stopped.
+    """
+
+    def __init__(
+        self, shards: Sequence[str], transform: TrainTransform, *, seed: int, batch_size: int,
+        context_length: int, rank: int, world_size: int, num_workers: int, resampled: bool, shuffle_buffer: int,
+    ) -> None:
+        if not shards:
+            raise ValueError("no WebDataset shards given")
+        self.shards = list(shards)
+        self.transform = transform
+        self.seed, self.batch_size, self.context_length = seed, batch_size, context_length
+        self.rank, self.world_size = rank, world_size
+        self.num_roles_per_rank = max(num_workers, 1)
+        self.resampled, self.shuffle_buffer = resampled, shuffle_buffer
+        self.epoch = 0
+        self.role_skips = [0] * self.num_roles_per_rank
+        self.first_role = 0
+
+    def set_position(self, epoch: int, role_skips: Optional[Sequence[int]] = None, first_role: int = 0) -> None:
+        self.epoch = epoch
+        self.role_skips = list(role_skips) if role_skips else [0] * self.num_roles_per_rank
+        self.first_role = first_role
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        role = (worker + self.first_role) % self.num_roles_per_rank
+        global_role = self.rank * self.num_roles_per_rank + role
+        collate = CollatePairs(self.transform.image_size, self.context_length, role=role)
+        skip = self.role_skips[role] * self.batch_size
+        raw = self._shuffled(self._raw(global_role), random.Random(_derive_seed(self.seed, self.epoch, global_role, 7)))
+        pending: list = []
+        for counter, sample in enumerate(raw):
+            if counter < skip:
+                continue  # consumed before the interruption: read, not decoded
+            generator = sample_generator(self.seed, self.epoch, global_role, counter)
+            pending.append(decode_sample(sample, self.transform, generator))
+            if len(pending) == self.batch_size:
+                yield collate(pending)
+                pending = []
+
+    def _raw(self, global_role: int) -> Iterator[RawSample]:
+        roles = self.world_size * self.num_roles_per_rank
+        if self.resampled:
+            rng = random.Random(_derive_seed(self.seed, self.epoch, global_role, 11))
+            empty = 0
+            while True:
+                produced = 0
+                for sample in iter_tar_samples(rng.choice(self.shards)):
+                    produced += 1
+                    yield sample
+                empty = 0 if produced else empty + 1
+                if empty > 10 * len(self.shards):
+                    raise RuntimeError(f"WebDataset shards yield no samples: {self.shards[:3]}...")
+        cycle = 0
+        while True:
+            order = list(self.shards)
+            random.Random(_derive_seed(self.seed, self.epoch, cycle, 13)).shuffle(order)
+            mine = [order[i % len(order)] for i in range(global_role, max(len(order), roles), roles)]
+            produced = 0
+            for shard in mine:
+                for sample in iter_tar_samples(shard):
+                    produced += 1
+                    yield sample
+            if not produced:
+                raise RuntimeError(f"WebDataset shards {mine} yield no samples")
+            cycle += 1
+
+    def _shuffled(self, samples: Iterator[RawSample], rng: random.Random) -> Iterator[RawSample]:
+        if self.shuffle_buffer <= 1:
+            yield from samples
+            return
+        buffer: list[RawSample] = []
+        for sample in samples:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(sample)
+                continue
+            i = rng.randrange(len(buffer))
+            buffer[i], sample = sample, buffer[i]
+            yield sample
+
+
+# ---- what the loop uses ------------------------------------------------------------------------------
+
+
+class _WorkerInit:
+    """Seeds python, numpy and torch in each worker from (seed, epoch, rank, worker): for user code
+    that reaches for global RNGs; clipforge's own augmentation uses per-sample generators."""
+
+    def __init__(self, seed: int, epoch: int, rank: int) -> None:
+        self.seed, self.epoch, self.rank = seed, epoch, rank
+
+    def __call__(self, worker_id: int) -> None:
+        s = _derive_seed(self.seed, self.epoch, self.rank, worker_id)
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        torch.manual_seed(s)
+
+
+def is_webdataset(spec: str, data_format: str = "auto") -> bool:
+    if data_format != "auto":
+        return data_format == "webdataset"
+    first = spec.split("::")[0].strip()
+    return first.endswith((".tar", ".tar.gz", ".tgz")) or "{" in first or os.path.isdir(first) or "*" in first
+
+
+class TrainData:
+    """The training stream of one rank: `loader(epoch, position)` yields that epoch's micro-batches.
+
+    `position` (from a checkpoint) = {"micro_batches": consumed in the epoch, and for WebDataset
+    "role_counts"/"next_role"}; the loop keeps it current with `advance(position, batch)`.
+    """
+
+    def __init__(
+        self, spec: str, transform: TrainTransform, *, context_length: int, batch_size: int, accum_steps: int,
+        rank: int, world_size: int, workers: int, seed: int, data_format: str = "auto",
+        image_root: Optional[str] = None, csv_separator: Optional[str] = None, num_samples: Optional[int] = None,
+        resampled: bool = False, shuffle_buffer: int = 1000, pin_memory: bool = False,
+    ) -> None:
+        self.batch_size, self.accum_steps = batch_size, accum_steps
+        self.rank, self.world_size, self.workers, self.seed = rank, world_size, workers, seed
+        self.pin_memory = pin_memory
+        self.webdataset = is_webdataset(spec, data_format)
+        global_batch = world_size * accum_steps * batch_size
+        if self.webdataset:
+            shards = expand_shards(spec)
+            self.num_samples = num_samples if num_samples is not None else count_samples(shards)
+            self.stream = ShardStream(
+                shards, transform, seed=seed, batch_size=batch_size, context_length=context_length, rank=rank,
+                world_size=world_size, num_workers=workers, resampled=resampled, shuffle_buffer=shuffle_buffer,
+            )
+        else:
+            pairs = read_pairs(spec, image_root, csv_separator)
+            self.num_samples = len(pairs)
+            self.dataset = PairDataset(pairs, transform, seed)
+            self.collate = CollatePairs(transform.image_size, context_length)
+        self.steps_per_epoch = self.num_samples // global_batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"{spec}: {self.num_samples} samples is less than one global batch "
+                f"({world_size} ranks x {accum_steps} micro-batches x {batch_size})"
+            )
+
+    @staticmethod
+    def new_position() -> dict[str, Any]:
+        return {"micro_batches": 0, "role_counts": [], "next_role": 0}
+
+    def advance(self, position: dict[str, Any], batch: Batch) -> None:
+        position["micro_batches"] += 1
+        if batch.role >= 0:
+            counts = position["role_counts"] or [0] * max(self.workers, 1)
+            counts[batch.role] += 1
+            position["role_counts"] = counts
+            position["next_role"] = (batch.role + 1) % max(self.workers, 1)
+
+    def loader(self, epoch: int, position: Optional[dict[str, Any]] = None) -> Iterator[Batch]:
+        """This rank's micro-batches for `epoch`, starting after `position` (exactly the remaining ones)."""
+        position = position or self.new_position()
+        remaining = self.steps_per_epoch * self.accum_steps - position["micro_batches"]
+        common = dict(
+            num_workers=self.workers, pin_memory=self.pin_memory,
+            worker_init_fn=_WorkerInit(self.seed, epoch, self.rank),
+            # Worker base seeds come from this generator, not torch's global RNG (resume stays exact).
+            generator=torch.Generator().manual_seed(_derive_seed(self.seed, epoch, self.rank, 3)),
+        )
+        if self.webdataset:
+            self.stream.set_position(epoch, position.get("role_counts"), position.get("next_role", 0))
+            loader = DataLoader(self.stream, batch_size=None, **common)
+        else:
+            self.dataset.epoch = epoch
+            sampler = EpochBatchSampler(
+                self.num_samples, self.batch_size, self.accum_steps, self.rank, self.world_size,
+                self.seed, epoch, start=position["micro_batches"],
+            )
+            loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate, **common)
+        return _take(loader, remaining)
+
+
+def _take(loader: DataLoader, n: int) -> Iterator[Batch]:
+    if n <= 0:
+        return
+    for i, batch in enumerate(loader):
+        yield batch
+        if i + 1 >= n:
+            break

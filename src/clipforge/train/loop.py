@@ -1,0 +1,566 @@
+"""The training loop: `train(config) -> TrainResult`.
+
+One optimizer step = `accum_steps` micro-batches of `batch_size` on each of `world_size` ranks,
+trained as ONE contrastive batch of world * accum * batch pairs:
+* across ranks, features are gathered with gradients (loss.py, distributed.py);
+* across micro-batches, `forward_backward` first computes every micro-batch's features without
+  gradients, then re-runs each micro-batch with gradients and puts its fresh features into the
+  cached full set before computing the loss (open_clip's accum_freq). The temperature (and
+  SigLIP's bias) take their gradient from one of those passes only; open_clip adds it k times.
+Both equivalences hold to float rounding and are tested (tests/test_train_equivalence.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from clipforge.configs import ClipConfig, PreprocessConfig
+from clipforge.image import Preprocess
+from clipforge.models import ClipModel
+from clipforge.text import Tokenizer
+from clipforge.train.augment import TrainTransform
+from clipforge.train.checkpointing import (
+    atomic_write_text,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from clipforge.train.config import TrainConfig
+from clipforge.train.data import Batch, BadSample, TrainData
+from clipforge.train.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, cleanup, init_distributed
+from clipforge.train.finetune import freeze_tower, set_train_mode, wise_ft
+from clipforge.train.loss import build_loss
+from clipforge.train.optim import build_optimizer
+from clipforge.train.schedule import LRSchedule
+
+logger = logging.getLogger("clipforge.train")
+
+Callback = Callable[[dict], None]
+
+
+@dataclass
+class TrainResult:
+    model: ClipModel  # the final model (after WiSE-FT when configured), eval mode
+    out_dir: Path
+    final_path: Path  # out_dir/final.safetensors, loadable with clipforge.load(path)
+    steps: int  # optimizer steps taken in total (including before a resume)
+    train_metrics: dict  # the last training record written to metrics.jsonl
+    eval_metrics: Optional[dict]  # the final evaluation, when val_data is configured
+    skipped_samples: int  # bad samples skipped over the whole run (all ranks)
+    checkpoint: Optional[Path]  # the last training checkpoint
+
+
+class TrainModule(nn.Module):
+    """The model and the loss's parameters under one module, so DDP also averages SigLIP's bias.
+
+    forward returns L2-normalized image and text features and the temperature multiplier
+    exp(logit_scale). An empty micro-batch (all its samples were bad) runs one dummy row and
+    returns zero rows, so every rank still takes part in the same collectives and backward.
+    """
+
+    def __init__(self, model: ClipModel, loss: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = images.shape[0]
+        if rows == 0:
+            images = images.new_zeros((1,) + tuple(images.shape[1:]))
+            texts = texts.new_zeros((1, texts.shape[1]))
+            texts[0, 0], texts[0, 1] = self.model.config.text.sot_token_id, self.model.config.text.eot_token_id
+        image_features = self.model.encode_image(images, normalize=True)[:rows]
+        text_features = self.model.encode_text(texts, normalize=True)[:rows]
+        return image_features, text_features, self.model.logit_scale.exp()
+
+
+def forward_backward(
+    module: nn.Module,
+    loss_fn: nn.Module,
+    micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    scaler: Optional[torch.amp.GradScaler] = None,
+) -> torch.Tensor:
+    """Accumulate into `.grad` the gradients of the loss over all micro-batches as one batch.
+
+    `module` is a TrainModule, possibly wrapped in DistributedDataParallel (then gradients are
+    synchronised once, in the last pass). The loss is computed in fp32 outside autocast.
+    Returns this rank's loss (detached; with a local loss it is weighted, see loss.py).
+    """
+    ddp = isinstance(module, nn.parallel.DistributedDataParallel)
+
+    def backward(loss: torch.Tensor) -> None:
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    if len(micro_batches) == 1:
+        images, texts = micro_batches[0]
+        with autocast():
+            image_features, text_features, scale = module(images, texts)
+        loss = loss_fn(image_features.float(), text_features.float(), scale.float())
+        backward(loss)
+        return loss.detach()
+
+    # Pass 1: every micro-batch's features, no graph kept.
+    with torch.no_grad():
+        cached = []
+        for images, texts in micro_batches:
+            with autocast():
+                image_features, text_features, _ = module(images, texts)
+            cached.append((image_features.float(), text_features.float()))
+    # Pass 2: per micro-batch, fresh features (with graph) in place of the cached ones.
+    last = len(micro_batches) - 1
+    for j, (images, texts) in enumerate(micro_batches):
+        sync = module.no_sync() if (ddp and j < last) else contextlib.nullcontext()
+        with sync:
+            with autocast():
+                image_features, text_features, scale = module(images, texts)
+            if j < last:
+                scale = scale.detach()  # the temperature's gradient is taken once, in the last pass
+            all_images = torch.cat([c[0] for c in cached[:j]] + [image_features.float()] + [c[0] for c in cached[j + 1:]])
+            all_texts = torch.cat([c[1] for c in cached[:j]] + [text_features.float()] + [c[1] for c in cached[j + 1:]])
+            loss = loss_fn(all_images, all_texts, scale.float(), detach_params=j < last)
+            backward(loss)
+    return loss.detach()
+
+
+def _autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(config: TrainConfig) -> tuple[ClipModel, PreprocessConfig, Optional[dict[str, torch.Tensor]]]:
+    """(model in fp32 on CPU, its preprocessing config, initial state for WiSE-FT or None)."""
+    initial_state = None
+    if config.init is not None:
+        from clipforge.loading import load
+
+        model, preprocess, _ = load(config.init, config.init_weights, arch=config.init_arch, dtype=torch.float32)
+        preprocess_cfg = preprocess.config
+        if config.wise_ft_alpha is not None:
+            initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    else:
+        if isinstance(config.model, str):
+            from clipforge.model_zoo import get_architecture
+
+            clip_cfg = get_architecture(config.model)
+        else:
+            clip_cfg = ClipConfig.from_dict(dict(config.model))
+        model = ClipModel(clip_cfg)
+        preprocess_cfg = PreprocessConfig(image_size=clip_cfg.image_size)
+        if config.loss == "siglip":
+            with torch.no_grad():
+                model.logit_scale.fill_(config.siglip_init_logit_scale)
+    if config.image_size is not None and config.image_size != model.config.image_size:
+        raise ValueError(
+            f"image_size={config.image_size} differs from the model's {model.config.image_size}: "
+            "the model's positional embeddings fix its input size"
+        )
+    return model.float(), preprocess_cfg, initial_state
+
+
+def call_evaluate(model: ClipModel, preprocess: Preprocess, tokenizer: Tokenizer, config: TrainConfig) -> dict:
+    """clipforge.evaluation.evaluate, imported only when evaluation is configured."""
+    from clipforge.evaluation import evaluate
+
+    return evaluate(
+        model, preprocess, tokenizer, config.val_data, config.classes,
+        batch_size=config.eval_batch_size, num_workers=config.workers, progress=False,
+    )
+
+
+def call_write_report(metrics: dict, out_dir: Path, curves_jsonl: Path) -> Any:
+    from clipforge.evaluation.report import write_report
+
+    return write_report(metrics, out_dir, curves_jsonl=curves_jsonl)
+
+
+def train(config: TrainConfig, *, callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Train (or fine-tune) a CLIP model as `config` says; resumable, single- or multi-process.
+
+    Under torchrun every process calls this with the same config. `callbacks` are called on every
+    rank with each training record (the dict written to metrics.jsonl) after logged steps.
+    """
+    info = init_distributed(config.device)
+    try:
+        return _Run(config, info, callbacks).run()
+    finally:
+        cleanup(info)
+
+
+class _Run:
+    def __init__(self, config: TrainConfig, info: DistInfo, callbacks: Sequence[Callback]) -> None:
+        self.config, self.info, self.callbacks = config, info, list(callbacks)
+        self.out_dir = Path(config.out_dir)
+        self.checkpoint_dir = self.out_dir / "checkpoints"
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        if info.is_main:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        barrier(info)
+        device = info.device
+
+        seed_everything(config.seed)  # same on every rank: identical initial weights (DDP broadcasts anyway)
+        self.model, preprocess_cfg, self.initial_state = build_model(config)
+        self.model.to(device)
+        freeze_tower(self.model, config.freeze)
+        if config.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        self.loss_fn = build_loss(
+            config.loss, local_loss=config.local_loss, dist=info, init_logit_bias=config.siglip_init_logit_bias
+        ).to(device)
+        self.train_module = TrainModule(self.model, self.loss_fn)
+        self.module: nn.Module = self.train_module
+        if info.distributed:
+            self.module = nn.parallel.DistributedDataParallel(
+                self.train_module, device_ids=[device] if device.type == "cuda" else None
+            )
+        self.optimizer = build_optimizer(
+            self.train_module.named_parameters(), lr=config.lr, weight_decay=config.weight_decay,
+            betas=(config.beta1, config.beta2), eps=config.eps,
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        self.autocast = _autocast_factory(config.precision, device)
+
+        self.preprocess = Preprocess(preprocess_cfg)
+        self.tokenizer = Tokenizer(context_length=self.model.config.text.context_length)
+        transform = TrainTransform(
+            self.model.config.image_size, preprocess_cfg.mean, preprocess_cfg.std, scale=config.crop_scale,
+            ratio=config.crop_ratio, interpolation=preprocess_cfg.interpolation, hflip=config.hflip,
+        )
+        self.data = TrainData(
+            config.train_data, transform, context_length=self.model.config.text.context_length,
+            batch_size=config.batch_size, accum_steps=config.accum_steps, rank=info.rank,
+            world_size=info.world_size, workers=config.workers, seed=config.seed, data_format=config.data_format,
+            image_root=config.image_root, csv_separator=config.csv_separator, num_samples=config.train_num_samples,
+            resampled=config.dataset_resampled, shuffle_buffer=config.shuffle_buffer,
+            pin_memory=device.type == "cuda",
+        )
+        self.total_steps = config.max_steps or config.epochs * self.data.steps_per_epoch
+        self.schedule = LRSchedule(config.lr, self.total_steps, config.warmup_steps, config.min_lr, config.lr_schedule)
+
+        self.step = 0
+        self.epoch = 0
+        self.position = TrainData.new_position()
+        self.skipped = 0
+        self.logged_bad = 0
+        self.last_record: dict = {}
+        self.last_checkpoint: Optional[Path] = None
+        self.saved_step = -1
+        self._interval_samples = 0
+        self._interval_start = time.perf_counter()
+        self._tb: Any = None
+        self._resume()
+
+    # ---- resume --------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        config, info = self.config, self.info
+        path: Optional[str] = None
+        if info.is_main:
+            if config.resume == "auto":
+                found = latest_checkpoint(self.checkpoint_dir)
+                path = str(found) if found else None
+            elif config.resume:
+                path = config.resume
+        path = broadcast_object(path, info)
+        if path is None:
+            if info.is_main and self.metrics_path.exists():
+                self.metrics_path.unlink()  # a fresh run starts a fresh log
+            return
+        state = load_checkpoint(path)
+        meta = json.loads(state["meta"])
+        expected = {"world_size": info.world_size, "batch_size": config.batch_size,
+                    "accum_steps": config.accum_steps, "workers_if_webdataset": config.workers if self.data.webdataset else None}
+        for key, value in expected.items():
+            if meta.get(key) != value:
+                raise ValueError(f"cannot resume {path} exactly: it was written with {key}={meta.get(key)}, now {value}")
+        self.train_module.model.load_state_dict(state["model"])
+        self.loss_fn.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.step, self.epoch = int(state["step"]), int(meta["epoch"])
+        self.position = meta["position"]
+        self.skipped = int(meta["skipped"])
+        self.saved_step = self.step
+        self.last_checkpoint = Path(path)
+        self._rng_to_restore = state["rng"]
+        if info.is_main and self.metrics_path.exists():
+            # Records written after the checkpoint (before the interruption) are replayed: drop them.
+            kept = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= self.step]
+            atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+        logger.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+
+    def _checkpoint(self) -> None:
+        if self.saved_step == self.step:
+            return
+        if self.info.is_main:
+            meta = {
+                "epoch": self.epoch, "position": self.position, "skipped": self.skipped,
+                "world_size": self.info.world_size, "batch_size": self.config.batch_size,
+                "accum_steps": self.config.accum_steps,
+                "workers_if_webdataset": self.config.workers if self.data.webdataset else None,
+                # DataLoader worker seeds are derived from (seed, epoch, rank, worker id), not stored state.
+                "worker_seed_rule": "SeedSequence([seed, epoch, rank, worker_id])",
+                "config": self.config.to_dict(),
+            }
+            state = {
+                "model": {k: v.detach().cpu() for k, v in self.train_module.model.state_dict().items()},
+                "loss": {k: v.detach().cpu() for k, v in self.loss_fn.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+                "schedule": self.schedule.state_dict(),
+                "rng": rng_state(),
+                "meta": json.dumps(meta),
+            }
+            self.last_checkpoint = save_checkpoint(self.checkpoint_dir, self.step, state, self.config.keep_checkpoints)
+        self.saved_step = self.step
+        barrier(self.info)
+
+    # ---- logging -------------------------------------------------------------------------------
+    def _write_record(self, record: dict) -> None:
+        if not self.info.is_main:
+            return
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "type"):
+                    self._tb.add_scalar(key, value, record["step"])
+
+    def _note_bad(self, bad: list[BadSample]) -> None:
+        for sample in bad:
+            if self.logged_bad < self.config.max_logged_bad_samples:
+                logger.warning("skipping bad sample %s: %s", sample.key, sample.reason)
+            elif self.logged_bad == self.config.max_logged_bad_samples:
+                logger.warning("further bad samples are counted in metrics.jsonl ('skipped') but not logged")
+            self.logged_bad += 1
+
+    def _open_tensorboard(self) -> None:
+        if not (self.config.tensorboard and self.info.is_main):
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            logger.warning("tensorboard=true but tensorboard is not installed; writing metrics.jsonl only")
+            return
+        self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+
+    # ---- one optimizer step ----------------------------------------------------------------------
+    def _train_step(self, micro: list[Batch]) -> Optional[torch.Tensor]:
+        device = self.info.device
+        counts = torch.tensor([sum(len(b) for b in micro), sum(len(b.bad) for b in micro)], dtype=torch.float64)
+        counts = all_reduce_sum(counts.to(device), self.info).cpu()
+        good, bad = int(counts[0]), int(counts[1])
+        self.skipped += bad
+        self._interval_samples += good
+        lr = self.schedule.apply(self.optimizer)
+        loss = None
+        if good > 0:
+            batches = [(b.images.to(device, non_blocking=True), b.texts.to(device, non_blocking=True)) for b in micro]
+            loss = forward_backward(self.module, self.loss_fn, batches, autocast=self.autocast, scaler=self.scaler)
+            if self.config.grad_clip_norm is not None:
+                self.scaler.unscale_(self.optimizer)
+                params = [p for group in self.optimizer.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.train_module.model.clamp_logit_scale()
+        else:  # every sample of the global batch was bad: nothing to learn from, keep schedule and data in step
+            logger.warning("step %d: no usable samples in the whole batch; optimizer step skipped", self.step)
+        self.schedule.advance()
+        self.step += 1
+        self._lr = lr
+        return loss
+
+    def _log_step(self, loss: Optional[torch.Tensor]) -> None:
+        if self.step % self.config.log_every_steps and self.step != self.total_steps:
+            return
+        value = torch.zeros(1, dtype=torch.float64, device=self.info.device)
+        if loss is not None:
+            value += loss.double()
+        value = float(all_reduce_sum(value, self.info).item()) / self.info.world_size
+        elapsed = max(time.perf_counter() - self._interval_start, 1e-9)
+        record = {
+            "type": "train",
+            "step": self.step,
+            "epoch": round(self.step / self.data.steps_per_epoch, 4),
+            "loss": value if loss is not None else None,
+            "lr": self._lr,
+            "logit_scale": float(self.train_module.model.logit_scale.detach().exp()),
+            "samples_per_s": round(self._interval_samples / elapsed, 2),
+            "skipped": self.skipped,
+        }
+        if self.config.loss == "siglip":
+            record["logit_bias"] = float(self.loss_fn.logit_bias.detach())
+        self._interval_samples, self._interval_start = 0, time.perf_counter()
+        self.last_record = record
+        self._write_record(record)
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{value:.4f}", lr=f"{self._lr:.2e}", skipped=self.skipped)
+        for callback in self.callbacks:
+            callback(record)
+
+    def _evaluate(self, final: bool = False) -> Optional[dict]:
+        if not self.config.val_data:
+            return None
+        metrics = None
+        if self.info.is_main:
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    metrics = call_evaluate(self.model, self.preprocess, self.tokenizer, self.config)
+            except ImportError as e:  # clipforge.evaluation missing: training results matter more
+                logger.warning("evaluation skipped (%s); training continues", e)
+            set_train_mode(self.model, self.config.freeze)
+        if metrics is not None:
+            record = {"type": "eval", "step": self.step, "final": final,
+                      **{f"val/{k}": float(v) for k, v in metrics.items()}}
+            self._write_record(record)
+            logger.info("eval at step %d: %s", self.step, metrics)
+        barrier(self.info)
+        return metrics
+
+    # ---- the run ---------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        config, info = self.config, self.info
+        from tqdm.auto import tqdm
+
+        self._open_tensorboard()
+        self._bar = None
+        if info.is_main and config.progress:
+            self._bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        set_train_mode(self.model, config.freeze)
+        if hasattr(self, "_rng_to_restore"):
+            set_rng_state(self._rng_to_restore)  # last: everything above may have drawn numbers
+        per_epoch = self.data.steps_per_epoch * config.accum_steps
+        try:
+            while self.step < self.total_steps:
+                micro: list[Batch] = []
+                step_before = self.step
+                for batch in self.data.loader(self.epoch, self.position):
+                    self.data.advance(self.position, batch)
+                    self._note_bad(batch.bad)
+                    micro.append(batch)
+                    if len(micro) < config.accum_steps:
+                        continue
+                    loss = self._train_step(micro)
+                    micro = []
+                    epoch_done = self.position["micro_batches"] >= per_epoch
+                    if epoch_done:
+                        self.epoch += 1
+                        self.position = TrainData.new_position()
+                    self._log_step(loss)
+                    if self._bar is not None:
+                        self._bar.update(1)
+                    if (epoch_done or self.step == self.total_steps
+                            or (config.save_every_steps and self.step % config.save_every_steps == 0)):
+                        self._checkpoint()
+                    if (config.eval_every_steps and self.step % config.eval_every_steps == 0
+                            and self.step != self.total_steps):
+                        self._evaluate()
+                    if self.step >= self.total_steps:
+                        break
+                if self.step == step_before:  # a loader that yields nothing would loop forever
+                    raise RuntimeError(f"epoch {self.epoch}: the training data produced no batches")
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+        self._checkpoint()
+        return self._finish()
+
+    def _finish(self) -> TrainResult:
+        config, info = self.config, self.info
+        from clipforge.loading import save
+
+        final_path = self.out_dir / "final.safetensors"
+        if self.initial_state is not None:
+            if info.is_main:
+                save(self.model, self.out_dir / "final_finetuned.safetensors")
+            mixed = wise_ft(self.initial_state, self.model.state_dict(), config.wise_ft_alpha)
+            self.model.load_state_dict(mixed)
+        if info.is_main:
+            save(self.model, final_path)
+        eval_metrics = self._evaluate(final=True)
+        if info.is_main:
+            if eval_metrics is not None:
+                try:
+                    call_write_report(eval_metrics, self.out_dir, self.metrics_path)
+                except ImportError as e:  # the evaluation package is optional at this layer
+                    logger.warning("no report written: %s", e)
+            if config.plot:
+                plot_curves(self.metrics_path, self.out_dir / "curves.png")
+            if self._tb is not None:
+                self._tb.close()
+        barrier(info)
+        self.model.eval()
+        return TrainResult(
+            model=self.model, out_dir=self.out_dir, final_path=final_path, steps=self.step,
+            train_metrics=self.last_record, eval_metrics=eval_metrics, skipped_samples=self.skipped,
+            checkpoint=self.last_checkpoint,
+        )
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_curves(metrics_path: Path, out_path: Path) -> Optional[Path]:
+    """Loss, learning rate and temperature (and eval metrics, if any) against step, as a PNG."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.info("matplotlib is not installed; no curves plot")
+        return None
+    if not Path(metrics_path).exists():
+        return None
+    records = read_metrics(metrics_path)
+    train_records = [r for r in records if r.get("type") == "train" and r.get("loss") is not None]
+    eval_records = [r for r in records if r.get("type") == "eval"]
+    if not train_records:
+        return None
+    panels = 4 if eval_records else 3
+    fig = Figure(figsize=(4 * panels, 3.2))
+    FigureCanvasAgg(fig)  # attaches an Agg canvas: no GUI backend, no global matplotlib state
+    steps = [r["step"] for r in train_records]
+    for i, (key, title) in enumerate([("loss", "training loss"), ("lr", "learning rate"), ("logit_scale", "exp(logit_scale)")]):
+        ax = fig.add_subplot(1, panels, i + 1)
+        ax.plot(steps, [r[key] for r in train_records])
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    if eval_records:
+        ax = fig.add_subplot(1, panels, panels)
+        keys = sorted({k for r in eval_records for k in r if k.startswith("val/")})
+        for key in keys:
+            ax.plot([r["step"] for r in eval_records], [r.get(key, math.nan) for r in eval_records], marker="o", label=key[4:])
+        ax.set_title("evaluation")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    return out_path
