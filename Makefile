@@ -1,23 +1,34 @@
-# Self-contained on a fresh machine:
-#   make test   - the whole test suite against the reference implementations (sets up .venv first)
-# (The main-job command, `make demo` on the bundled default model, arrives with the training work.)
+# Two entry points, both self-contained on a fresh machine (each sets up .venv first):
+#   make demo   - the main job: the bundled model labels and searches the bundled sample images, offline
+#   make test   - the whole test suite against the reference implementations
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch/torchvision pinned to the wheels this workplace caches; the references need torchvision, clipforge does not.
-TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+TORCH_PIN := torch==2.14.1
+TORCHVISION_PIN := torchvision==0.29.1
 
-.PHONY: test venv clean
+.PHONY: demo test venv clean
 
-$(VENV)/.installed: pyproject.toml
+# clipforge alone (what the main job needs) ...
+$(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q $(TORCH_PINS)
+	$(VENV)/bin/pip install -q $(TORCH_PIN)
+	$(VENV)/bin/pip install -q -e .
+	touch $@
+
+# ... and the reference implementations the tests compare against.
+$(VENV)/.test: $(VENV)/.core
+	$(VENV)/bin/pip install -q $(TORCH_PIN) $(TORCHVISION_PIN)
 	$(VENV)/bin/pip install -q -e ".[test]"
 	touch $@
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.test
 
-test: $(VENV)/.installed
+demo: $(VENV)/.core
+	$(PY) -m clipforge.cli.main demo
+
+test: $(VENV)/.test
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -p no:cacheprovider tests
 
 clean:

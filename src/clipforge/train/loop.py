@@ -437,6 +437,7 @@ class _Run:
             except ImportError as e:  # clipforge.evaluation missing: training results matter more
                 logger.warning("evaluation skipped (%s); training continues", e)
             set_train_mode(self.model, self.config.freeze)
+        self._interval_start = time.perf_counter()  # samples/s measures training, not evaluation
         if metrics is not None:
             record = {"type": "eval", "step": self.step, "final": final,
                       **{f"val/{k}": float(v) for k, v in metrics.items()}}
@@ -555,7 +556,8 @@ def plot_curves(metrics_path: Path, out_path: Path) -> Optional[Path]:
         ax.set_xlabel("step")
     if eval_records:
         ax = fig.add_subplot(1, panels, panels)
-        keys = sorted({k for r in eval_records for k in r if k.startswith("val/")})
+        # accuracies and recalls only (not counts or chance levels)
+        keys = sorted({k for r in eval_records for k in r if k.startswith("val/") and ("top" in k or "R@" in k)})
         for key in keys:
             ax.plot([r["step"] for r in eval_records], [r.get(key, math.nan) for r in eval_records], marker="o", label=key[4:])
         ax.set_title("evaluation")
