@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Optional, Sequence, Union
 
+from clipforge.atomic_files import atomic_write_text
+
 __all__ = [
     "PACKAGES",
     "TEMPLATES",
@@ -840,9 +842,9 @@ def build(
     captions = [r["caption"] for r in all_records]
 
     for split in SPLITS:
-        _write_atomic(out / f"{split}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records[split]))
+        atomic_write_text(out / f"{split}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records[split]))
     capped = cap_per_caption(records["train"], MAX_PAIRS_PER_CAPTION)
-    _write_atomic(out / "train_capped.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in capped))
+    atomic_write_text(out / "train_capped.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in capped))
     classes = {
         "classnames": classnames,
         "templates": TEMPLATES,
@@ -856,7 +858,7 @@ def build(
             "Built by clipforge.datasets.openclipart."
         ),
     }
-    _write_atomic(out / "classes.json", json.dumps(classes, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "classes.json", json.dumps(classes, indent=2, ensure_ascii=False) + "\n")
 
     summary = DatasetSummary(
         out_dir=str(out),
@@ -878,9 +880,9 @@ def build(
         limit=limit,
         seconds=round(time.monotonic() - started, 1),
     )
-    _write_atomic(out / "LICENSE_AND_PROVENANCE.md", _provenance_text(tree, summary))
+    atomic_write_text(out / "LICENSE_AND_PROVENANCE.md", _provenance_text(tree, summary))
     # Written last: its presence says the build finished.
-    _write_atomic(out / "build_info.json", json.dumps({"params": params, "summary": summary.to_dict()}, indent=2) + "\n")
+    atomic_write_text(out / "build_info.json", json.dumps({"params": params, "summary": summary.to_dict()}, indent=2) + "\n")
     return summary
 
 
@@ -926,13 +928,6 @@ def _previous_build(out: Path, params: dict[str, Any]) -> Optional[DatasetSummar
     summary = DatasetSummary(**info["summary"])
     summary.up_to_date = True
     return summary
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _stats(values: list[int]) -> dict[str, float]:

@@ -40,6 +40,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from clipforge.atomic_files import atomic_write, fsync_dir
 from clipforge.image import iter_image_batches
 from clipforge.tasks.sources import SourceItem, items_digest, materialize_images, read_source, source_kind
 
@@ -142,27 +143,9 @@ def model_difference(a: dict[str, Any], b: dict[str, Any], min_cosine: float = 0
 # ---- small file helpers ------------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # some platforms cannot open directories; the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    # "NAME.tmp" (not the default hidden name): resume recognises and removes such leftovers.
+    atomic_write(path, write, tmp=path.with_name(path.name + ".tmp"))
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -391,7 +374,7 @@ def _check_run_config(out: Path, wanted: dict, rank: int) -> None:
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(out)
+    fsync_dir(out)
 
 
 def _recover(out: Path, run: _Run, rank: int) -> list[int]:
@@ -496,7 +479,7 @@ def _commit_chunk(out: Path, manifest: Path, chunk: int, entries: list[dict],
         f.flush()
         os.fsync(f.fileno())
     if new_file:
-        _fsync_dir(out)
+        fsync_dir(out)
 
 
 def _summarize(out: Path, run: _Run, rank: int, resumed: int, seconds: float) -> EmbedSummary:

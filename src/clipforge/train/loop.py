@@ -31,8 +31,8 @@ from clipforge.image import Preprocess
 from clipforge.models import ClipModel
 from clipforge.text import Tokenizer
 from clipforge.train.augment import TrainTransform
+from clipforge.atomic_files import atomic_write_text
 from clipforge.train.checkpointing import (
-    atomic_write_text,
     latest_checkpoint,
     load_checkpoint,
     rng_state,
