@@ -111,8 +111,8 @@ def test_offline_hub_id_not_cached_says_what_to_do(offline_caches):
 
 
 def test_load_without_a_model_or_with_a_wrong_name_explains(tmp_path):
-    with pytest.raises(ValueError, match="named architecture"):
-        clipforge.load()
+    with pytest.raises(ValueError, match="without a model name"):
+        clipforge.load(weights="openai")  # a tag but no architecture: an error, not the bundled model
     with pytest.raises(FileNotFoundError, match="neither an existing file"):
         clipforge.load(str(tmp_path / "nope.pt"))
     with pytest.raises(KeyError, match="ViT-B-32"):
