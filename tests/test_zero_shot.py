@@ -266,12 +266,12 @@ def test_classify_cli_text_output_labels_file_and_failures(tiny, files, tmp_path
         _run(["classify", good[0], "--model", str(tiny[1])])
 
 
-def test_cli_help_has_examples_and_says_model_is_required(capsys):
+def test_cli_help_has_examples_and_names_the_default_model(capsys):
     for command in ("classify", "compare"):
         with pytest.raises(SystemExit):
             _parser().parse_args([command, "--help"])
         text = capsys.readouterr().out
-        assert "example" in text and "--model" in text and "required" in text
+        assert "example" in text and "--model" in text and "bundled clipforge-mini" in text
 
 
 def test_compare_cli_prints_table_and_writes_png(tiny, files, tmp_path, capsys):
