@@ -128,12 +128,17 @@ def run_groups(args: argparse.Namespace, groups: list[Group], weights_root: Path
     e2e_dir = tempfile.mkdtemp(prefix="clipforge-bench-e2e-")
     try:
         tokens = token_inputs(groups, results["inputs"])
-        files = wl.e2e_files()
-        results["inputs"]["e2e files"] = describe_files(files)
+        file_sets = {w.files for g in groups for w in g.workloads if w.kind == "e2e"}
+        files = {name: wl.FILE_SETS[name]() for name in sorted(file_sets)}
+        for name, paths in files.items():
+            results["inputs"][f"e2e files ({name})"] = describe_files(paths)
+        for g in groups:  # a file set that could not be fetched drops its workload
+            g.workloads = [w for w in g.workloads if w.kind != "e2e" or files[w.files]]
         for w in workers.values():
             for key, value in tokens.items():
                 w.call("put", key, value)
-            w.call("put", "files", files)
+            for name, paths in files.items():
+                w.call("put", f"files_{name}", paths)
             w.call("put", "e2e_dir", e2e_dir)
         for g in groups:
             run_group(args, g, workers, weights_root, results)
@@ -148,6 +153,8 @@ def run_groups(args: argparse.Namespace, groups: list[Group], weights_root: Path
 def describe_files(files: list[str]) -> dict:
     from PIL import Image
 
+    if not files:
+        return {"n": 0}
     sizes = []
     for f in files:
         with Image.open(f) as im:

@@ -56,7 +56,7 @@ class Adapter:
     def __init__(self) -> None:
         self.model: Any = None
         self.paths: Optional[WeightPaths] = None
-        self.inputs: dict[str, Any] = {}  # put by the parent: "tokens", "files"
+        self.inputs: dict[str, Any] = {}  # put by the parent: "tokens", "files_<set>", "e2e_dir"
         self.cache: dict[Any, Any] = {}
 
     def load(self, paths: WeightPaths, train: bool) -> dict:
@@ -141,7 +141,8 @@ class Clipforge(Adapter):
     def e2e(self, variant: str, w: Workload, threads: int) -> Call:
         from clipforge.image import iter_image_batches
 
-        files, out_path = self.inputs["files"], self.inputs["e2e_dir"] + f"/clipforge_{variant.replace(' ', '_')}.npy"
+        files = self.inputs[f"files_{w.files}"]
+        out_path = self.inputs["e2e_dir"] + f"/clipforge_{variant.replace(' ', '_')}_{w.files}.npy"
         draft = variant == "clipforge draft"
 
         def run(i: int) -> torch.Tensor:
@@ -267,7 +268,7 @@ class OpenClip(Adapter):
         return self.model.encode_text(tokens)
 
     def e2e(self, variant: str, w: Workload, threads: int) -> Call:
-        files, out_path = self.inputs["files"], self.inputs["e2e_dir"] + "/open_clip.npy"
+        files, out_path = self.inputs[f"files_{w.files}"], self.inputs["e2e_dir"] + f"/open_clip_{w.files}.npy"
 
         def run(i: int) -> torch.Tensor:
             loader = torch.utils.data.DataLoader(_FileDataset(files, self.preprocess), batch_size=w.batch, num_workers=threads)

@@ -61,6 +61,7 @@ class Workload:
     reps: int  # calls per timed measurement (batch 1: several, so a measurement is not a few ms)
     variants: tuple[str, ...]
     seed: int = 0
+    files: str = ""  # e2e only: which file set ("corpus" or "photos"; see FILE_SETS)
 
     @property
     def items(self) -> int:
@@ -92,6 +93,9 @@ TEXT_ALL = VIT_ALL + ("transformers longest",)
 E2E = ("clipforge", "clipforge draft", "open_clip")
 TRAIN = ("clipforge", "open_clip")
 E2E_FILES = 64  # 25 JPEGs + 39 PNGs from the test corpus
+# Debian's desktop wallpaper packages: real photographs and artwork as large JPEGs (1.3-18 Mpx),
+# the nearest offline stand-in for a folder of camera photos.
+PHOTO_PACKAGES = ("mate-backgrounds", "ukui-wallpapers", "plasma-workspace-wallpapers")
 TRAIN_BATCH = 16
 SGEMM_N = 4096
 
@@ -103,7 +107,8 @@ def plan(quick: bool) -> list[Group]:
         b32.workloads.append(Workload(f"image ViT-B-32 b{batch}", "image", "ViT-B-32", batch, reps, VIT_ALL))
     for batch, reps in [(1, 16), (64, 1)]:
         b32.workloads.append(Workload(f"text b{batch}", "text", "ViT-B-32", batch, reps, TEXT_ALL))
-    b32.workloads.append(Workload("end-to-end folder -> .npy", "e2e", "ViT-B-32", 32, 1, E2E))
+    b32.workloads.append(Workload("end-to-end folder -> .npy", "e2e", "ViT-B-32", 32, 1, E2E, files="corpus"))
+    b32.workloads.append(Workload("end-to-end photos -> .npy", "e2e", "ViT-B-32", 32, 1, E2E, files="photos"))
     b32.workloads.append(Workload(f"sgemm {SGEMM_N}x{SGEMM_N} fp32", "sgemm", "ViT-B-32", SGEMM_N, 1, ("clipforge",)))
 
     train = Group("ViT-B-32 training", "ViT-B-32", train=True)
@@ -149,6 +154,44 @@ def e2e_files(n: int = E2E_FILES) -> list[str]:
     files = jpegs + pngs
     random.Random(0).shuffle(files)  # mix sizes and formats across batches
     return files
+
+
+def photo_files(cache: Path = ROOT / "bench" / ".photo_cache") -> list[str]:
+    """Large real JPEGs from PHOTO_PACKAGES (apt-get download, unpacked once into `cache`).
+
+    Every JPEG of mate-backgrounds and ukui-wallpapers, and of each Plasma wallpaper its largest
+    image and its 1920-pixel-wide one; [] when the packages cannot be fetched.
+    """
+    import subprocess
+
+    unpacked = cache / "unpacked"
+    if not unpacked.is_dir():
+        cache.mkdir(parents=True, exist_ok=True)
+        fetched = subprocess.run(["apt-get", "download", *PHOTO_PACKAGES], cwd=cache, capture_output=True, text=True)
+        debs = sorted(cache.glob("*.deb"))
+        if fetched.returncode != 0 or not debs:
+            print(f"photo workload skipped: apt-get download failed: {fetched.stderr.strip()[:300]}", file=sys.stderr)
+            return []
+        tmp = cache / "unpacking"
+        for deb in debs:
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True)
+            deb.unlink()
+        tmp.rename(unpacked)
+    files = sorted(str(p) for p in (unpacked / "usr/share/backgrounds").rglob("*.jpg"))
+    for wallpaper in sorted((unpacked / "usr/share/wallpapers").glob("*/contents/images")):
+        sizes = {}
+        for p in wallpaper.glob("*.jpg"):
+            w, _, h = p.stem.partition("x")
+            if w.isdigit() and h.isdigit():
+                sizes[(int(w), int(h))] = str(p)
+        if sizes:
+            files.append(sizes[max(sizes, key=lambda s: s[0] * s[1])])
+            files += [sizes[s] for s in sorted(sizes) if s[0] == 1920 and s[1] < s[0]][:1]
+    random.Random(0).shuffle(files)
+    return files
+
+
+FILE_SETS = {"corpus": e2e_files, "photos": photo_files}
 
 
 # ---- weights --------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@
 - image tower: input `pixels` [batch, 3, S, S] float32 -> `image_embeds` [batch, embed_dim]
 - text tower: input `tokens` [batch, 77] int64 -> `text_embeds` [batch, embed_dim], pooled at the
   first end-of-text token exactly as `encode_text` (the graph runs all 77 positions: it has no
-  data-dependent trim, so it does more work than `encode_text` on short captions)
+  data-dependent padding skip, so it does more work than `encode_text` on short captions)
 - the batch axis is dynamic in both; embeddings are not normalized (as `encode_image/encode_text`)
 
 Export uses torch's TorchScript-based exporter (`dynamo=False`): it needs no extra package.
@@ -46,7 +46,7 @@ class TextEncoder(nn.Module):
         self.model = model
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text_full(tokens, trim=False).text_embeds
+        return self.model.encode_text_full(tokens).text_embeds
 
 
 def _example_tokens(model: nn.Module, batch: int = 2) -> torch.Tensor:

@@ -108,10 +108,17 @@ def save(model: ClipModel, path: Union[str, Path], format: SaveFormat = "clipfor
 
 
 def build_model(config: ClipConfig, canonical_state_dict: dict[str, torch.Tensor], source: str) -> ClipModel:
-    """Instantiate `config` and load the canonical state dict strictly (every key, every shape)."""
+    """Instantiate `config` and load the canonical state dict strictly (every key, every shape).
+
+    The model takes over the state dict's tensors (fp32, contiguous) instead of copying them into
+    freshly initialised parameters: it is built on the meta device, so loading holds one copy of
+    the weights in memory, not two, and skips a random initialisation that would be overwritten.
+    """
     check_config(canonical_state_dict, config)
-    model = ClipModel(config)
-    missing, unexpected = model.load_state_dict(canonical_state_dict, strict=False)
+    with torch.device("meta"):
+        model = ClipModel(config)
+    state = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in canonical_state_dict.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise ValueError(f"{source}: checkpoint keys do not match the model: missing {missing}, unexpected {unexpected}")
     return model

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from clipforge.nn.layers import SelfAttention
+from clipforge.nn.layers import SelfAttention, TokenPacking, attend
 
 __all__ = ["QuantizableSelfAttention", "quantize_dynamic", "make_attention_quantizable"]
 
@@ -41,13 +41,14 @@ class QuantizableSelfAttention(nn.Module):
             self.in_proj.bias.copy_(attention.in_proj_bias)
         self.out_proj = attention.out_proj
 
-    def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
-        batch, length, width = x.shape
-        qkv = self.in_proj(x)  # [batch, length, 3 * width]
-        qkv = qkv.view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each [batch, heads, length, head_width]
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
-        return self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+    def forward(
+        self,
+        x: torch.Tensor,
+        is_causal: bool = False,
+        packing: Optional[TokenPacking] = None,
+        last_token_only: bool = False,
+    ) -> torch.Tensor:
+        return self.out_proj(attend(self.in_proj(x), self.heads, is_causal, packing, last_token_only))
 
 
 def make_attention_quantizable(model: nn.Module) -> nn.Module:

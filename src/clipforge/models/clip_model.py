@@ -18,6 +18,7 @@ from clipforge.configs import ClipConfig, ResNetConfig
 from clipforge.models.modified_resnet import ModifiedResNet
 from clipforge.models.vision_transformer import VisionTransformer
 from clipforge.nn import LayerNorm, Transformer
+from clipforge.nn.layers import TokenPacking
 
 
 class ClipOutput(NamedTuple):
@@ -101,14 +102,7 @@ class ClipModel(nn.Module):
         is_eot = tokens == self.config.text.eot_token_id
         return torch.where(is_eot.any(dim=-1), is_eot.int().argmax(dim=-1), tokens.argmax(dim=-1))
 
-    def encode_text_full(
-        self, tokens: torch.Tensor, output_hidden_states: bool = False, trim: bool = False
-    ) -> TextOutput:
-        """Run the text tower and return per-token states as well as the pooled embedding.
-
-        With trim=True the sequence is cut after the last end-of-text token in the batch: the causal
-        mask means no earlier position can see what follows, so pooled outputs are unchanged.
-        """
+    def _check_tokens(self, tokens: torch.Tensor) -> None:
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [batch, length], got shape {tuple(tokens.shape)}")
         if tokens.shape[1] > self.positional_embedding.shape[0]:
@@ -116,22 +110,39 @@ class ClipModel(nn.Module):
                 f"tokens have length {tokens.shape[1]}, the model's context length is "
                 f"{self.positional_embedding.shape[0]}"
             )
+
+    def encode_text_full(self, tokens: torch.Tensor, output_hidden_states: bool = False) -> TextOutput:
+        """Run the text tower over every position and return per-token states and the pooled embedding.
+
+        This is what Stable Diffusion conditioning needs (all 77 positions); `encode_text` is the fast
+        way to get only the pooled embedding.
+        """
+        self._check_tokens(tokens)
         eot = self.eot_positions(tokens)
-        if trim:
-            tokens = tokens[:, : int(eot.max()) + 1]
-        length = tokens.shape[1]
-        x = self.token_embedding(tokens) + self.positional_embedding[:length].to(self.dtype)  # [batch, length, width]
+        x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]].to(self.dtype)
         if output_hidden_states:
             x, hidden = self.transformer(x, is_causal=True, output_hidden_states=True)
         else:
             x, hidden = self.transformer(x, is_causal=True), None
-        x = self.ln_final(x)
+        x = self.ln_final(x)  # [batch, length, width]
         pooled = x[torch.arange(x.shape[0], device=x.device), eot]  # [batch, width]
         return TextOutput(x, pooled, pooled @ self.text_projection, hidden)
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """[batch, context] token ids -> [batch, embed_dim] text embeddings."""
-        features = self.encode_text_full(tokens, trim=True).text_embeds
+        """[batch, context] token ids -> [batch, embed_dim] text embeddings.
+
+        Only the tokens up to each row's end-of-text token are computed: under the causal mask nothing
+        after it can reach the pooled position, so the padding is skipped (TokenPacking) and the
+        result equals running all positions. The last block computes only the end-of-text token.
+        """
+        self._check_tokens(tokens)
+        lengths = self.eot_positions(tokens) + 1
+        length = int(lengths.max())
+        packing = TokenPacking.from_lengths(lengths, length)
+        positions = packing.index % length
+        x = self.token_embedding(packing.pack(tokens[:, :length])) + self.positional_embedding[positions].to(self.dtype)
+        last = self.transformer(x, is_causal=True, packing=packing, last_token_only=True)  # [batch, width]
+        features = self.ln_final(last) @ self.text_projection
         return F.normalize(features, dim=-1) if normalize else features
 
     # ---- both ----------------------------------------------------------------------------------
