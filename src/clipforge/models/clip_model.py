@@ -136,11 +136,9 @@ class ClipModel(nn.Module):
         result equals running all positions. The last block computes only the end-of-text token.
         """
         self._check_tokens(tokens)
-        lengths = self.eot_positions(tokens) + 1
-        length = int(lengths.max())
-        packing = TokenPacking.from_lengths(lengths, length)
-        positions = packing.index % length
-        x = self.token_embedding(packing.pack(tokens[:, :length])) + self.positional_embedding[positions].to(self.dtype)
+        packing = TokenPacking.from_lengths(self.eot_positions(tokens) + 1)
+        real_tokens = packing.pack(tokens[:, : packing.length])
+        x = self.token_embedding(real_tokens) + self.positional_embedding[packing.positions].to(self.dtype)
         last = self.transformer(x, is_causal=True, packing=packing, last_token_only=True)  # [batch, width]
         features = self.ln_final(last) @ self.text_projection
         return F.normalize(features, dim=-1) if normalize else features

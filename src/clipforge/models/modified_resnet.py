@@ -106,9 +106,9 @@ class ModifiedResNet(nn.Module):
         self.layer3 = self._make_layer(width * 4, cfg.layers[2], stride=2)
         self.layer4 = self._make_layer(width * 8, cfg.layers[3], stride=2)
         self.attnpool = AttentionPool2d(cfg.image_size // 32, cfg.output_width, cfg.heads, output_dim)
-        # Channels-last (NHWC) convolutions: oneDNN on CPU and cuDNN on GPU run them faster (1.24x on
-        # RN50 at batch 16, 1 CPU thread; BENCHMARKS.md). Weights are kept channels-last, including
-        # after load_state_dict(assign=True), which would otherwise bring in the file's layout.
+        # Channels-last (NHWC) convolutions: oneDNN on CPU and cuDNN on GPU run them faster (RN50 went
+        # from level with open_clip to 1.2x on CPU; BENCHMARKS.md). Weights are kept channels-last,
+        # also after load_state_dict(assign=True), which would otherwise bring in the file's layout.
         self._to_channels_last()
         self.register_load_state_dict_post_hook(ModifiedResNet._to_channels_last)
 

@@ -56,13 +56,19 @@ class TokenPacking:
     index: torch.Tensor  # [n_real_tokens]: their positions in the flattened [batch * length] layout
 
     @classmethod
-    def from_lengths(cls, lengths: torch.Tensor, length: int) -> "TokenPacking":
+    def from_lengths(cls, lengths: torch.Tensor) -> "TokenPacking":
+        length = int(lengths.max())
         real = torch.arange(length, device=lengths.device) < lengths[:, None]  # [batch, length]
         return cls(lengths, length, real.flatten().nonzero().squeeze(1))
 
     @property
     def batch(self) -> int:
         return int(self.lengths.shape[0])
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """[n_real_tokens]: each real token's position within its row."""
+        return self.index % self.length
 
     @property
     def last_index(self) -> torch.Tensor:
