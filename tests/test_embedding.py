@@ -30,7 +30,7 @@ from clipforge.tasks.embedding import (
     read_manifest,
     read_summary,
 )
-from clipforge.tasks.sources import expand_braces, read_source
+from clipforge.sources import expand_braces, read_source
 
 TINY = ClipConfig(
     embed_dim=32,
@@ -167,7 +167,7 @@ def test_csv_and_jsonl_sources_with_captions(loaded, images, tmp_path):
 def test_table_without_known_columns_is_refused(loaded, tmp_path):
     table = tmp_path / "t.csv"
     table.write_text("url,label\nx.png,1\n")
-    with pytest.raises(ValueError, match="path/image/filepath"):
+    with pytest.raises(ValueError, match="image/path/filepath"):
         _run(loaded, table, tmp_path / "out")
 
 

@@ -22,7 +22,8 @@ from clipforge.train.checkpointing import (
     set_rng_state,
 )
 from clipforge.train.config import apply_overrides, load_config, parse_override
-from clipforge.train.data import EpochBatchSampler, expand_shards, read_pairs
+from clipforge.sources import expand_shards, read_table
+from clipforge.train.data import EpochBatchSampler, TrainData, balance_weights
 from clipforge.train.finetune import freeze_tower, wise_ft
 from clipforge.train.loss import ClipLoss, SigLipLoss
 from clipforge.train.optim import param_groups
@@ -251,22 +252,34 @@ def test_sampler_order_is_a_pure_function_of_seed_and_epoch_and_ranks_partition_
     assert list(EpochBatchSampler(50, 4, 2, rank=0, world_size=1, seed=7, epoch=3, start=5)) == one[5:]
 
 
-def test_read_pairs_columns_and_relative_paths(tmp_path):
+def test_training_tables_use_the_sources_column_rule(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "a.csv").write_text("filepath,title,caption\nimg/1.png,x,one\n/abs/2.png,y,two\n,z,three\n")
-    pairs = read_pairs(tmp_path / "sub" / "a.csv")
-    assert [(p.image, p.caption) for p in pairs[:2]] == [(str(tmp_path / "sub" / "img/1.png"), "one"), ("/abs/2.png", "two")]
-    assert pairs[2].problem == "no image path"
-    pairs = read_pairs(tmp_path / "sub" / "a.csv", image_root=tmp_path / "root")
-    assert pairs[0].image == str(tmp_path / "root" / "img/1.png")
+    pairs = read_table(tmp_path / "sub" / "a.csv")
+    assert [(p.path, p.caption) for p in pairs[:2]] == [(str(tmp_path / "sub" / "img/1.png"), "one"), ("/abs/2.png", "two")]
+    assert pairs[2].path is None and pairs[2].caption == "three" and pairs[0].fields == {"title": "x"}
+    pairs = read_table(tmp_path / "sub" / "a.csv", image_root=tmp_path / "root")
+    assert pairs[0].path == str(tmp_path / "root" / "img/1.png")
     (tmp_path / "b.tsv").write_text("image\ttext\n1.png\ta cat, sitting\n")
-    assert read_pairs(tmp_path / "b.tsv")[0].caption == "a cat, sitting"
-    (tmp_path / "c.jsonl").write_text('{"path": "1.png", "text": "one"}\n{not json\n\n{"path": "2.png", "text": "two"}\n')
-    pairs = read_pairs(tmp_path / "c.jsonl")
-    assert [p.caption for p in pairs] == ["one", None, "two"] and pairs[1].problem.startswith("malformed line")
+    assert read_table(tmp_path / "b.tsv")[0].caption == "a cat, sitting"
+    (tmp_path / "c.jsonl").write_text('{"path": "1.png", "text": "one"}\n{not json\n\n{"path": "2.png", "text": ["two", "zwei"]}\n')
+    pairs = read_table(tmp_path / "c.jsonl")
+    assert [p.caption for p in pairs] == ["one", None, ("two", "zwei")] and "c.jsonl:2: not valid JSON" in pairs[1].problem
+    # A training table needs images: a table with captions only is refused before training starts.
     (tmp_path / "d.csv").write_text("file,caption\n1.png,x\n")
     with pytest.raises(ValueError, match="no image column"):
-        read_pairs(tmp_path / "d.csv")
+        TrainData(str(tmp_path / "d.csv"), TrainTransform(32, (0.5,) * 3, (0.5,) * 3), context_length=77, batch_size=1,
+                  accum_steps=1, rank=0, world_size=1, workers=0, seed=0)
+
+
+def test_class_balanced_sampling_draws_groups_equally(tmp_path):
+    groups = ["a"] * 90 + ["b"] * 10
+    weights = balance_weights(groups, 1.0)
+    sampler = EpochBatchSampler(100, 100, 1, rank=0, world_size=1, seed=3, epoch=0, weights=weights)
+    drawn = [groups[i] for batch in sampler for i in batch]
+    assert 35 <= drawn.count("b") <= 65  # ~50 of 100 draws; unbalanced it would be ~10
+    assert list(EpochBatchSampler(100, 100, 1, 0, 1, seed=3, epoch=0, weights=weights)) == list(sampler)
+    assert balance_weights(groups, 0.0).unique().tolist() == [1.0]
 
 
 def test_expand_shards(tmp_path):

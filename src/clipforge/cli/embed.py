@@ -31,7 +31,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from clipforge.tasks.embedding import embed
-    from clipforge.tasks.sources import source_kind
+    from clipforge.sources import source_kind
 
     # Fail on a mistyped SOURCE before spending time loading the model.
     if source_kind(args.source) != "webdataset" and not os.path.exists(args.source):

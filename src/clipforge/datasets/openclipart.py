@@ -18,6 +18,7 @@ import hashlib
 import html
 import json
 import os
+import random
 import re
 import shutil
 import statistics
@@ -56,10 +57,16 @@ PACKAGES = ("openclipart-png", "openclipart-svg")
 PNG_SUBDIR = Path("usr/share/openclipart/png")
 SVG_SUBDIR = Path("usr/share/openclipart/svg")
 # Bump when the output for the same input changes (captions, image processing, splits).
-BUILDER_VERSION = 6
+BUILDER_VERSION = 7
 # train_capped.jsonl keeps at most this many images per identical caption: in a contrastive batch,
 # identical captions are false negatives (1,125 of 5,500 training pairs read "gramastar. stars, ...").
 MAX_PAIRS_PER_CAPTION = 8
+# Training records also carry `captions`: this many phrasings of the same metadata (the full caption
+# first), from which a run draws one per epoch (TrainConfig.caption_column = "captions").
+N_CAPTION_VARIANTS = 6
+# How the variants name the category. The evaluation templates are not among them, except the
+# "clip art of" that starts every full caption, so zero-shot still tests phrasings not trained on.
+CATEGORY_PHRASES = ("clip art of {}", "{} clip art", "a picture of {}", "an image of {}", "a sketch of {}", "{}")
 
 SPLITS = ("train", "val", "test")
 SPLIT_PERCENT = {"train": 80, "val": 10, "test": 10}
@@ -500,6 +507,41 @@ def with_category(caption: str, category: str) -> str:
     return full if len(full) <= MAX_CAPTION_CHARS else full[:MAX_CAPTION_CHARS].rsplit(" ", 1)[0].rstrip(" ,.;:")
 
 
+def caption_variants(caption: str, parts: dict[str, Any], category: str, key: str, n: int = N_CAPTION_VARIANTS) -> list[str]:
+    """`n` phrasings of one drawing's metadata for training, the full caption first, deterministic per `key`.
+
+    The others mix the category (phrased several ways, with or without its sub-directories) with the
+    title, the description or a shuffled subset of the keywords, so that a model learns the category
+    names and the words apart from one fixed sentence, and identical captions (the 1,125 "gramastar"
+    stars) stop being identical strings in a batch.
+    """
+    rng = random.Random(hashlib.sha1(f"variants:{key}".encode("utf-8")).hexdigest())
+    path = [p for p in category.split("/") if p] if category else []
+    named = bool(path) and path[0] not in EXCLUDED_CATEGORIES
+    readable = [p.replace("_", " ").replace("-", " ") for p in path]
+    variants = [caption]
+    for _ in range(8 * n):
+        if len(variants) == n:
+            break
+        pieces: list[str] = []
+        if named:
+            names = [_class_name(path[0])] + (readable[1:] if rng.random() < 0.5 else [])
+            pieces.append(rng.choice(CATEGORY_PHRASES).format(", ".join(names)))
+        words = [w for w in (parts.get("title"), parts.get("description")) if w and rng.random() < 0.6]
+        keywords = list(parts.get("keywords") or [])
+        rng.shuffle(keywords)
+        keywords = keywords[: rng.randint(0, len(keywords))]
+        pieces += words + ([", ".join(keywords)] if keywords else [])
+        if not named:
+            pieces = pieces or [caption]
+        if len(pieces) > 1 and rng.random() < 0.3:  # the category last, sometimes
+            pieces = pieces[1:] + pieces[:1]
+        text = _sentences(pieces)[:MAX_CAPTION_CHARS]
+        if text and text not in variants:
+            variants.append(text)
+    return variants
+
+
 def _sentences(parts: Sequence[str]) -> str:
     # "Mhooo!" + "mammal, cow" -> "Mhooo! mammal, cow", not "Mhooo!. mammal, cow".
     out = ""
@@ -660,6 +702,10 @@ def _process(job: tuple[str, str, str, int, Optional[int], str]) -> dict[str, An
     caption = make_caption(meta, category)
     if not caption:
         return {"error": "no_caption", "message": "no usable title, description, keywords or category"}
+    title = _clean_title(meta.title)
+    description = _clean_description(meta.description, title)
+    parts = {"title": title, "description": description,
+             "keywords": _clean_keywords(meta.keywords, f"{title} {description}", meta.creator)}
     reused = _is_done(Path(dest), image_size)
     if not reused:
         from clipforge.image.files import ImageLoadError
@@ -668,7 +714,7 @@ def _process(job: tuple[str, str, str, int, Optional[int], str]) -> dict[str, An
             render_image(png, dest, image_size, max_pixels=max_pixels)
         except ImageLoadError as e:
             return {"error": e.code, "message": e.reason}
-    return {"caption": caption, "creator": meta.creator, "license": meta.license, "reused": reused}
+    return {"caption": caption, "parts": parts, "creator": meta.creator, "license": meta.license, "reused": reused}
 
 
 # ---- the build --------------------------------------------------------------------------------------
@@ -822,16 +868,19 @@ def build(
         reused += result["reused"]
         license_ = result["license"] or "(none stated)"
         licenses[license_] = licenses.get(license_, 0) + 1
-        records[split_of(item.source)].append(
-            {
-                "image": f"images/{item.rel}",
-                "caption": with_category(result["caption"], item.category),
-                "label": label_of.get(item.top_category, -1),
-                "source": item.source,
-                "category": item.category,
-                "creator": result["creator"],
-            }
-        )
+        caption = with_category(result["caption"], item.category)
+        record = {
+            "image": f"images/{item.rel}",
+            "caption": caption,
+            "label": label_of.get(item.top_category, -1),
+            "source": item.source,
+            "category": item.category,
+            "creator": result["creator"],
+        }
+        split = split_of(item.source)
+        if split == "train":
+            record["captions"] = caption_variants(caption, result["parts"], item.category, item.source)
+        records[split].append(record)
 
     classnames = [_class_name(c) for c in categories]
     all_records = [r for split in SPLITS for r in records[split]]

@@ -32,23 +32,21 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def read_split(split_jsonl: PathLike) -> list[dict[str, Any]]:
-    """The records of a split file, with "image" made an absolute path (relative ones are relative to the file)."""
-    path = Path(split_jsonl)
+    """The records of a split table (JSONL/CSV/TSV; `clipforge.sources` column rule), each a dict with
+    an absolute "image", a "caption" and its other columns ("label", ...). A benchmark must be whole:
+    any unusable row is an error naming the line, not a skipped item."""
+    from clipforge.sources import read_table
+
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{path}:{number}: not JSON ({e})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("image"), str) or not isinstance(record.get("caption"), str):
-                raise ValueError(f"{path}:{number}: expected an object with string fields 'image' and 'caption'")
-            record["image"] = str(path.parent / record["image"])  # an absolute "image" stays absolute
-            records.append(record)
+    for item in read_table(split_jsonl):
+        if item.problem is not None:
+            raise ValueError(item.problem)
+        caption = item.caption[0] if isinstance(item.caption, tuple) else item.caption
+        if item.path is None or caption is None:
+            raise ValueError(f"{item.where}: expected an image path and a caption")
+        records.append({**item.fields, "image": item.path, "caption": caption})
     if not records:
-        raise ValueError(f"{path}: no records")
+        raise ValueError(f"{split_jsonl}: no records")
     return records
 
 

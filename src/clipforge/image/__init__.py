@@ -7,13 +7,27 @@ Nothing here imports torchvision.
 """
 
 from clipforge.image.batches import ImageBatch, ImageFileDataset, iter_image_batches
-from clipforge.image.files import DEFAULT_MAX_PIXELS, ERROR_CODES, SUPPORTED_MODES, ImageLoadError, load_image
+from clipforge.image.files import (
+    DEFAULT_MAX_PIXELS,
+    ERROR_CODES,
+    FORMATS,
+    SUPPORTED_MODES,
+    ImageLoadError,
+    ImageRef,
+    ImageSource,
+    image_name,
+    load_image,
+)
 from clipforge.image.preprocess import Preprocess
 
 __all__ = [
     "Preprocess",
     "load_image",
+    "ImageRef",
+    "ImageSource",
+    "image_name",
     "ImageLoadError",
+    "FORMATS",
     "ImageBatch",
     "ImageFileDataset",
     "iter_image_batches",

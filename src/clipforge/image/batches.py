@@ -1,4 +1,4 @@
-"""Files -> batches of pixels, decoded and resized in DataLoader worker processes.
+"""Images (file paths or `ImageRef`s) -> batches of pixels, decoded and resized in DataLoader workers.
 
 A bad file never takes a batch down: it becomes an error record, is left out of `pixels`, and
 is reported in `ImageBatch.errors`. Order follows `paths` exactly (no shuffling, in-order
@@ -14,7 +14,7 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from clipforge.image.files import DEFAULT_MAX_PIXELS, ImageLoadError, PathLike, load_image
+from clipforge.image.files import DEFAULT_MAX_PIXELS, ImageLoadError, ImageSource, image_name, load_image
 from clipforge.image.preprocess import Preprocess
 
 __all__ = ["ImageBatch", "ImageFileDataset", "iter_image_batches"]
@@ -26,7 +26,7 @@ Item = tuple[int, Union[torch.Tensor, ImageLoadError]]
 class ImageBatch:
     pixels: torch.Tensor  # [n, 3, S, S], the good images of this batch, in order
     indices: list[int]  # positions in `paths` of the rows of `pixels`
-    errors: list[tuple[int, str, ImageLoadError]] = field(default_factory=list)  # (index, path, error)
+    errors: list[tuple[int, str, ImageLoadError]] = field(default_factory=list)  # (index, name, error)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -37,17 +37,18 @@ class ImageBatch:
 
 
 class ImageFileDataset(Dataset):
-    """`dataset[i] -> (i, tensor [3, S, S])`, or `(i, ImageLoadError)` when file i is bad."""
+    """`dataset[i] -> (i, tensor [3, S, S])`, or `(i, ImageLoadError)` when image i is bad."""
 
     def __init__(
         self,
-        paths: Sequence[PathLike],
+        paths: Sequence[ImageSource],
         preprocess: Preprocess,
         *,
         max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
         draft: bool = False,
     ) -> None:
-        self.paths = [os.fspath(p) for p in paths]
+        self.paths = [p if not isinstance(p, os.PathLike) else os.fspath(p) for p in paths]
+        self.names = [image_name(p) for p in self.paths]
         self.preprocess = preprocess
         self.max_pixels = max_pixels
         self.draft = draft
@@ -66,7 +67,7 @@ class ImageFileDataset(Dataset):
             return index, self.preprocess(image)
         except (OSError, ValueError, TypeError, MemoryError) as e:
             # The file decoded but its pixels could not be prepared: report it, keep the rest.
-            return index, ImageLoadError(path, f"{type(e).__name__}: {e}", "preprocess_failed")
+            return index, ImageLoadError(self.names[index], f"{type(e).__name__}: {e}", "preprocess_failed")
 
 
 class _CollateImages:
@@ -87,7 +88,7 @@ class _CollateImages:
 
 
 def iter_image_batches(
-    paths: Sequence[PathLike],
+    paths: Sequence[ImageSource],
     preprocess: Preprocess,
     batch_size: int = 64,
     num_workers: Optional[int] = None,
@@ -114,7 +115,7 @@ def iter_image_batches(
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=_CollateImages(dataset.paths, preprocess.image_size),
+        collate_fn=_CollateImages(dataset.names, preprocess.image_size),
         pin_memory=pin_memory,
         multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
     )

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 import time
 from collections import Counter
@@ -42,7 +41,7 @@ import torch
 
 from clipforge.atomic_files import atomic_write, fsync_dir
 from clipforge.image import iter_image_batches
-from clipforge.tasks.sources import SourceItem, items_digest, materialize_images, read_source, source_kind
+from clipforge.sources import SourceItem, items_digest, read_source, source_kind
 
 __all__ = [
     "embed",
@@ -397,9 +396,9 @@ def _recover(out: Path, run: _Run, rank: int) -> list[int]:
     return done
 
 
-def _embed_images(model: Any, preprocess: Any, paths: list[str], batch_size: int, num_workers: Optional[int],
+def _embed_images(model: Any, preprocess: Any, paths: list[Any], batch_size: int, num_workers: Optional[int],
                   storage: np.dtype, on_batch: Callable[[int], None]) -> tuple[np.ndarray, dict[int, int], dict[int, Any]]:
-    """Vectors of the good images (in order), their positions in `paths`, and errors by position."""
+    """Vectors of the good images (in order), their positions in `paths` (ImageSources), and errors by position."""
     device = _device_of(model)
     rows: dict[int, int] = {}
     errors: dict[int, Any] = {}
@@ -431,16 +430,17 @@ def _embed_texts(model: Any, tokenizer: Callable, captions: list[str], batch_siz
 
 
 def _process_chunk(model: Any, preprocess: Any, tokenizer: Callable, items: Sequence[SourceItem], first_index: int,
-                   chunk: int, scratch: Path, batch_size: int, num_workers: Optional[int], storage: np.dtype,
+                   chunk: int, batch_size: int, num_workers: Optional[int], storage: np.dtype,
                    on_batch: Callable[[int], None]) -> tuple[list[dict], Optional[np.ndarray], Optional[np.ndarray]]:
-    local_paths = materialize_images(items, str(scratch))
-    image_positions = [j for j, p in enumerate(local_paths) if p]
+    image_positions = [j for j, item in enumerate(items) if item.has_image]
     vectors, rows, errors = (np.empty(0), {}, {})
     if image_positions:
-        vectors, rows, errors = _embed_images(model, preprocess, [local_paths[j] for j in image_positions],
+        # Tar members are decoded straight from their shard (ImageRef), not copied to scratch files.
+        vectors, rows, errors = _embed_images(model, preprocess, [items[j].image_source() for j in image_positions],
                                               batch_size, num_workers, storage, on_batch)
-    caption_positions = [j for j, item in enumerate(items) if item.caption is not None]
-    texts = _embed_texts(model, tokenizer, [items[j].caption for j in caption_positions], batch_size, storage)
+    captions = [_first_caption(item) for item in items]
+    caption_positions = [j for j, caption in enumerate(captions) if caption is not None]
+    texts = _embed_texts(model, tokenizer, [captions[j] for j in caption_positions], batch_size, storage)
     text_rows = {j: r for r, j in enumerate(caption_positions)}
     image_row = {image_positions[i]: r for i, r in rows.items()}
     image_error = {image_positions[i]: e for i, e in errors.items()}
@@ -451,19 +451,24 @@ def _process_chunk(model: Any, preprocess: Any, tokenizer: Callable, items: Sequ
         entry: dict[str, Any] = {"index": first_index + j}
         if item.path is not None:
             entry["path"] = item.path
-        if item.caption is not None:
-            entry["caption"] = item.caption
+        if captions[j] is not None:
+            entry["caption"] = captions[j]
         if j in image_row:
             entry["shard"], entry["row"] = images_name, image_row[j]
         elif j in image_error:
             error = image_error[j]
             entry["error"] = {"code": error.code, "message": error.reason}
         elif item.problem is not None:
-            entry["error"] = {"code": "no_image", "message": item.problem}
+            entry["error"] = {"code": item.problem_code, "message": item.problem}
         if j in text_rows:
             entry["text_shard"], entry["text_row"] = texts_name, text_rows[j]
         entries.append(entry)
     return entries, (vectors if rows else None), (texts if caption_positions else None)
+
+
+def _first_caption(item: SourceItem) -> Optional[str]:
+    """The caption embedded for an item: its only one, or the first of a JSONL list."""
+    return item.caption[0] if isinstance(item.caption, tuple) else item.caption
 
 
 def _commit_chunk(out: Path, manifest: Path, chunk: int, entries: list[dict],
@@ -525,7 +530,7 @@ def embed(
     """Embed every item of `source` into `out_dir` (see the module docstring for the layout).
 
     source: a folder, a file list, a CSV/TSV/JSONL table, WebDataset tar shards (see
-        `clipforge.tasks.sources`), or a list of `SourceItem`s.
+        `clipforge.sources`), or a list of `SourceItem`s.
     dtype: how vectors are stored, float32 or float16; None: float16 for a half-precision model,
         else float32. Computation happens in the model's own dtype and device.
     rank / world_size: this process's share of the work; None: from RANK / WORLD_SIZE (torchrun).
@@ -563,7 +568,6 @@ def embed(
     resumed = sum(len(run.chunk_range(c)) for c in done)
     total = sum(len(run.chunk_range(c)) for c in run.chunks_of(rank))
     manifest = out / _manifest_name(rank, world_size)
-    scratch = out / f".scratch-rank{rank}"  # tar members extracted for decoding; emptied per chunk
     bar = _progress_bar(total, resumed, progress, rank)
     try:
         for chunk in todo:
@@ -575,15 +579,13 @@ def embed(
                 bar.update(n)
 
             entries, images, texts = _process_chunk(
-                model, preprocess, tokenizer, items[span.start : span.stop], span.start, chunk, scratch,
+                model, preprocess, tokenizer, items[span.start : span.stop], span.start, chunk,
                 batch_size, num_workers, storage, on_batch,
             )
             _commit_chunk(out, manifest, chunk, entries, images, texts)
             bar.update(len(span) - counted[0])  # caption-only and skipped items
-            shutil.rmtree(scratch, ignore_errors=True)
     finally:
         bar.close()
-        shutil.rmtree(scratch, ignore_errors=True)
     if not manifest.exists():  # a rank with nothing to do still leaves its (empty) record
         _atomic_write_bytes(manifest, lambda f: None)
     summary = _summarize(out, run, rank, resumed, time.perf_counter() - started)

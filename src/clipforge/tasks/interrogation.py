@@ -468,7 +468,7 @@ def caption_destinations(inputs: Sequence[PathLike], out_dir: Optional[PathLike]
     images would share a .txt (cat.jpg and cat.png), each of them gets its full name + ".txt"
     instead ("cat.jpg.txt"), so no caption overwrites another.
     """
-    from clipforge.tasks.sources import read_source
+    from clipforge.sources import read_source
 
     pairs: list[tuple[str, Path]] = []
     for item in inputs:

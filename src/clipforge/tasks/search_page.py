@@ -24,18 +24,10 @@ def thumbnail_data_uri(path: str, size: int = THUMBNAIL_SIZE) -> str:
 
     Raises `ImageLoadError` when the image cannot be read.
     """
-    from clipforge.image import ImageLoadError, load_image
-    from clipforge.tasks.sources import TAR_SEPARATOR, read_image_bytes
+    from clipforge.image import load_image
+    from clipforge.sources import image_source_of
 
-    if TAR_SEPARATOR in path and not os.path.exists(path):
-        try:
-            image = Image.open(io.BytesIO(read_image_bytes(path)))
-            image.load()
-        except (OSError, ValueError, SyntaxError) as e:
-            raise ImageLoadError(path, f"{type(e).__name__}: {e}", "corrupt") from None
-    else:
-        image = load_image(path)
-    image = image.copy()
+    image = load_image(image_source_of(path)).copy()
     image.thumbnail((size, size))
     if image.mode != "RGB":
         # Flatten transparency onto white, as a browser would show it on this page.

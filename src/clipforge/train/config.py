@@ -39,6 +39,9 @@ class TrainConfig:
     dataset_resampled: bool = False  # WebDataset: draw shards with replacement (open_clip's --dataset-resampled)
     shuffle_buffer: int = 1000  # WebDataset: seeded sample shuffle buffer per stream (0 = off)
     workers: int = 2  # DataLoader worker processes per rank (0 = load in the training process)
+    caption_column: Optional[str] = None  # default: caption|text; a JSONL list of captions draws one per epoch
+    balance_by: Optional[str] = None  # a column (e.g. "label"): draw each epoch with weights count(value) ** -power
+    balance_power: float = 1.0  # 1: every value equally often; 0.5: square-root balancing
     max_logged_bad_samples: int = 20  # bad samples are always counted; only the first N are logged
 
     # ---- augmentation (open_clip's training defaults) ------------------------------------------
@@ -46,6 +49,12 @@ class TrainConfig:
     crop_scale: tuple[float, float] = (0.9, 1.0)  # RandomResizedCrop area fraction
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect ratio range
     hflip: bool = False  # off by default: captions say "left" and "right"
+    # Style augmentation, off by default (see train/augment.py): for small from-scratch runs on drawings.
+    stroke_p: float = 0.0  # chance of thickening or thinning dark lines (3x3 min/max filter)
+    background_p: float = 0.0  # chance of replacing the near-white backdrop by a random colour or gradient
+    color_jitter: float = 0.0  # brightness/contrast/saturation factors drawn from [1 - j, 1 + j]
+    hue_jitter: float = 0.0  # hue turned by up to +-this fraction of the colour wheel
+    grayscale_p: float = 0.0  # chance of converting to greyscale
 
     # ---- optimisation ----------------------------------------------------------------------------
     batch_size: int = 64  # per process and per micro-batch; global batch = batch_size * accum_steps * world
@@ -120,6 +129,8 @@ class TrainConfig:
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
+        if self.balance_power < 0:
+            raise ValueError(f"balance_power must be >= 0, got {self.balance_power}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
 

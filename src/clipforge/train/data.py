@@ -18,18 +18,9 @@ Determinism (what exact resume and the DDP equivalence rest on):
 
 from __future__ import annotations
 
-import csv
-import glob
-import io
 import json
 import logging
-import os
-import posixpath
 import random
-import re
-import tarfile
-import warnings
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -39,15 +30,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from clipforge.image import ImageLoadError, load_image
-from clipforge.image.files import DEFAULT_MAX_PIXELS
+from clipforge.image import ImageLoadError, ImageRef, load_image
+from clipforge.sources import SourceItem, read_table, source_kind
+from clipforge.sources.webdataset import IMAGE_EXTENSIONS as TAR_IMAGE_EXTENSIONS
+from clipforge.sources.webdataset import ShardError, count_samples, expand_shards, iter_tar_samples
 from clipforge.train.augment import TrainTransform, sample_generator
 
 logger = logging.getLogger("clipforge.train")
 
-IMAGE_COLUMNS = ("image", "path", "filepath")
-CAPTION_COLUMNS = ("caption", "text")
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 
 
 @dataclass
@@ -99,84 +89,28 @@ class CollatePairs:
         return Batch(images, texts, bad, self.role)
 
 
-# ---- CSV / TSV / JSONL pairs ------------------------------------------------------------------------
+# ---- CSV / TSV / JSONL pairs (read by clipforge.sources: one column rule for every command) ---------
 
 
-@dataclass(frozen=True)
-class Pair:
-    key: str  # what a log line names: the image path, or "file:line" for a malformed line
-    image: Optional[str]
-    caption: Optional[str]
-    problem: Optional[str] = None  # set when the line itself is unusable
+def balance_weights(groups: Sequence[Any], power: float) -> torch.Tensor:
+    """Per-sample weights count(group) ** -power: 1 draws every group equally often, 0 is no balancing."""
+    counts: dict[Any, int] = {}
+    for g in groups:
+        counts[g] = counts.get(g, 0) + 1
+    return torch.tensor([counts[g] ** -power for g in groups], dtype=torch.float64)
 
 
-def _pick(columns: Sequence[str], wanted: Sequence[str], what: str, path: Path) -> str:
-    lowered = {c.lower().strip(): c for c in columns if c is not None}
-    for name in wanted:
-        if name in lowered:
-            return lowered[name]
-    raise ValueError(f"{path}: no {what} column: expected one of {', '.join(wanted)}, found {list(columns)}")
-
-
-def read_pairs(
-    path: Union[str, Path], image_root: Union[str, Path, None] = None, separator: Optional[str] = None
-) -> list[Pair]:
-    """Read (image path, caption) pairs. Columns/keys: image|path|filepath and caption|text.
-
-    Relative image paths resolve against `image_root`, default the file's own folder. A line that
-    cannot be parsed, or lacks a field, becomes a Pair with `problem` set (skipped and counted later).
-    """
-    path = Path(path)
-    root = Path(image_root) if image_root is not None else path.parent
-    pairs: list[Pair] = []
-
-    def resolve(p: Any) -> Optional[str]:
-        if p is None or str(p).strip() == "":
-            return None
-        p = Path(str(p).strip()).expanduser()
-        return str(p if p.is_absolute() else root / p)
-
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        image_key = caption_key = None
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{n}"
-                try:
-                    record = json.loads(line)
-                    if not isinstance(record, dict):
-                        raise ValueError("not a JSON object")
-                except ValueError as e:
-                    pairs.append(Pair(where, None, None, f"malformed line: {e}"))
-                    continue
-                if image_key is None:
-                    image_key = _pick(list(record), IMAGE_COLUMNS, "image", path)
-                    caption_key = _pick(list(record), CAPTION_COLUMNS, "caption", path)
-                image, caption = resolve(record.get(image_key)), record.get(caption_key)
-                problem = None if image is not None else "no image path"
-                pairs.append(Pair(image or where, image, None if caption is None else str(caption), problem))
-        return pairs
-
-    if separator is None:
-        separator = "\t" if path.suffix.lower() == ".tsv" else ","
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter=separator)
-        columns = reader.fieldnames or []
-        image_key = _pick(columns, IMAGE_COLUMNS, "image", path)
-        caption_key = _pick(columns, CAPTION_COLUMNS, "caption", path)
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            image, caption = resolve(row.get(image_key)), row.get(caption_key)
-            problem = None if image is not None else "no image path"
-            pairs.append(Pair(image or where, image, caption, problem))
-    return pairs
+def group_values(items: Sequence[SourceItem], column: str, source: str) -> list[str]:
+    """Each item's value in `column` (for balancing); a column no row has is an error."""
+    if items and not any(column in item.fields for item in items):
+        raise ValueError(f"{source}: no column {column!r} to balance by")
+    return [json.dumps(item.fields.get(column), sort_keys=True) for item in items]
 
 
 class PairDataset(Dataset):
     """`dataset[i] -> (pixels [3, S, S], caption)` or a BadSample. Set `epoch` before each epoch."""
 
-    def __init__(self, pairs: Sequence[Pair], transform: TrainTransform, seed: int) -> None:
+    def __init__(self, pairs: Sequence[SourceItem], transform: TrainTransform, seed: int) -> None:
         self.pairs = list(pairs)
         self.transform = transform
         self.seed = seed
@@ -188,14 +122,20 @@ class PairDataset(Dataset):
     def __getitem__(self, index: int) -> Union[tuple[torch.Tensor, str], BadSample]:
         pair = self.pairs[index]
         if pair.problem is not None:
-            return BadSample(pair.key, pair.problem)
-        if pair.caption is None or not pair.caption.strip():
-            return BadSample(pair.key, "missing or empty caption")
+            return BadSample(pair.name, pair.problem)
+        if pair.path is None:
+            return BadSample(pair.name, "no image path")
+        caption = pair.caption
+        if isinstance(caption, tuple):  # several captions: this epoch's is drawn from its own stream
+            pick = sample_generator(self.seed, self.epoch, index, 1)
+            caption = caption[int(torch.randint(len(caption), (1,), generator=pick).item())]
+        if caption is None or not caption.strip():
+            return BadSample(pair.name, "missing or empty caption")
         try:
-            image = load_image(pair.image)
+            image = load_image(pair.image_source())
         except ImageLoadError as e:
-            return BadSample(pair.key, f"{e.code}: {e.reason}")
-        return _transform(self.transform, image, pair.key, pair.caption, sample_generator(self.seed, self.epoch, index))
+            return BadSample(pair.name, f"{e.code}: {e.reason}")
+        return _transform(self.transform, image, pair.name, caption, sample_generator(self.seed, self.epoch, index))
 
 
 def _transform(
@@ -215,14 +155,17 @@ class EpochBatchSampler:
     and splits it into `accum` micro-batches. So the samples of step s are the same set for any
     number of ranks and any accumulation, which is what makes those runs equivalent.
     `start` skips micro-batches already consumed (resume) without touching their data.
+    With `weights` (class balancing), the epoch is `num_samples` draws with replacement, each
+    sample chosen with probability proportional to its weight, instead of a permutation.
     """
 
     def __init__(
         self, num_samples: int, batch_size: int, accum_steps: int, rank: int, world_size: int,
-        seed: int, epoch: int, start: int = 0,
+        seed: int, epoch: int, start: int = 0, weights: Optional[torch.Tensor] = None,
     ) -> None:
         self.num_samples, self.batch_size, self.accum_steps = num_samples, batch_size, accum_steps
         self.rank, self.world_size, self.seed, self.epoch, self.start = rank, world_size, seed, epoch, start
+        self.weights = weights
 
     @property
     def steps_per_epoch(self) -> int:
@@ -232,7 +175,11 @@ class EpochBatchSampler:
         return max(self.steps_per_epoch * self.accum_steps - self.start, 0)
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = torch.randperm(self.num_samples, generator=sample_generator(self.seed, self.epoch)).tolist()
+        generator = sample_generator(self.seed, self.epoch)
+        if self.weights is None:
+            order = torch.randperm(self.num_samples, generator=generator).tolist()
+        else:
+            order = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator).tolist()
         per_step, per_rank = self.world_size * self.accum_steps * self.batch_size, self.accum_steps * self.batch_size
         for step in range(self.steps_per_epoch):
             base = step * per_step + self.rank * per_rank
@@ -244,78 +191,13 @@ class EpochBatchSampler:
 
 # ---- WebDataset tar shards ---------------------------------------------------------------------------
 
-_BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
-
-
-def expand_shards(spec: Union[str, Sequence[str]]) -> list[str]:
-    """Shard list from "a/{000..009}.tar", a directory (its *.tar), a glob, or several joined by "::"."""
-    parts = spec.split("::") if isinstance(spec, str) else list(spec)
-    shards: list[str] = []
-    for part in parts:
-        part = part.strip()
-        match = _BRACES.search(part)
-        if match:
-            lo, hi = match.group(1), match.group(2)
-            width = len(lo)
-            for n in range(int(lo), int(hi) + 1):
-                shards.extend(expand_shards(part[: match.start()] + str(n).zfill(width) + part[match.end():]))
-        elif os.path.isdir(part):
-            shards.extend(sorted(glob.glob(os.path.join(part, "*.tar"))))
-        elif any(c in part for c in "*?["):
-            shards.extend(sorted(glob.glob(part)))
-        else:
-            shards.append(part)
-    return shards
-
-
-def _split_name(name: str) -> Optional[tuple[str, str]]:
-    """WebDataset's convention: the key is the path up to the first dot of the basename."""
-    directory, base = posixpath.split(name)
-    if "." not in base or base.startswith("."):
-        return None
-    stem, ext = base.split(".", 1)
-    return posixpath.join(directory, stem), ext.lower()
-
-
 RawSample = Union[tuple[str, dict[str, bytes]], BadSample]
 
 
-def iter_tar_samples(path: str) -> Iterator[RawSample]:
-    """Stream (key, {extension: bytes}) groups from one tar; an unreadable tar yields one BadSample."""
-    key: Optional[str] = None
-    files: dict[str, bytes] = {}
-    try:
-        with tarfile.open(path, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                split = _split_name(member.name)
-                if split is None:
-                    continue
-                if split[0] != key:
-                    if key is not None:
-                        yield f"{path}:{key}", files
-                    key, files = split[0], {}
-                handle = tar.extractfile(member)
-                files[split[1]] = handle.read() if handle is not None else b""
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        yield BadSample(path, f"unreadable shard: {type(e).__name__}: {e}")
-        return
-    if key is not None:
-        yield f"{path}:{key}", files
-
-
-def count_samples(shards: Sequence[str]) -> int:
-    """Samples (distinct keys) in the shards, from the tar headers only."""
-    total = 0
-    for shard in shards:
-        try:
-            with tarfile.open(shard, mode="r:*") as tar:
-                keys = {s[0] for s in map(_split_name, (m.name for m in tar.getmembers() if m.isfile())) if s}
-            total += len(keys)
-        except (tarfile.TarError, OSError) as e:
-            logger.warning("cannot count samples in %s (%s); it counts as empty", shard, e)
-    return total
+def _raw_samples(shard: str) -> Iterator[RawSample]:
+    """A shard's samples; a shard that breaks off ends in a BadSample naming how far it got."""
+    for sample in iter_tar_samples(shard):
+        yield BadSample(shard, f"unreadable shard: {sample}") if isinstance(sample, ShardError) else sample
 
 
 def decode_sample(
@@ -324,7 +206,7 @@ def decode_sample(
     if isinstance(raw, BadSample):
         return raw
     key, files = raw
-    ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
+    ext = next((e for e in TAR_IMAGE_EXTENSIONS if e in files), None)
     if ext is None:
         return BadSample(key, f"no image file (has: {', '.join(sorted(files)) or 'nothing'})")
     if "txt" not in files:
@@ -333,14 +215,9 @@ def decode_sample(
     if not caption:
         return BadSample(key, "empty caption")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(files[ext]))
-            if image.width * image.height > DEFAULT_MAX_PIXELS:
-                return BadSample(key, f"decompression_bomb: {image.width}x{image.height}")
-            image.load()
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        return BadSample(key, f"corrupt image: {type(e).__name__}: {e}")
+        image = load_image(ImageRef(f"{key}.{ext}", data=files[ext]))
+    except ImageLoadError as e:
+        return BadSample(key, f"{e.code}: {e.reason}")
     return _transform(transform, image, key, caption, generator)
 
 
@@ -407,7 +284,7 @@ class ShardStream(IterableDataset):
             empty = 0
             while True:
                 produced = 0
-                for sample in iter_tar_samples(rng.choice(self.shards)):
+                for sample in _raw_samples(rng.choice(self.shards)):
                     produced += 1
                     yield sample
                 empty = 0 if produced else empty + 1
@@ -420,7 +297,7 @@ class ShardStream(IterableDataset):
             mine = [order[i % len(order)] for i in range(global_role, max(len(order), roles), roles)]
             produced = 0
             for shard in mine:
-                for sample in iter_tar_samples(shard):
+                for sample in _raw_samples(shard):
                     produced += 1
                     yield sample
             if not produced:
@@ -461,8 +338,7 @@ class _WorkerInit:
 def is_webdataset(spec: str, data_format: str = "auto") -> bool:
     if data_format != "auto":
         return data_format == "webdataset"
-    first = spec.split("::")[0].strip()
-    return first.endswith((".tar", ".tar.gz", ".tgz")) or "{" in first or os.path.isdir(first) or "*" in first
+    return source_kind(spec) in ("webdataset", "folder", "glob")  # a folder or glob of training data: its shards
 
 
 class TrainData:
@@ -477,22 +353,34 @@ class TrainData:
         rank: int, world_size: int, workers: int, seed: int, data_format: str = "auto",
         image_root: Optional[str] = None, csv_separator: Optional[str] = None, num_samples: Optional[int] = None,
         resampled: bool = False, shuffle_buffer: int = 1000, pin_memory: bool = False,
+        caption_column: Optional[str] = None, balance_by: Optional[str] = None, balance_power: float = 1.0,
     ) -> None:
         self.batch_size, self.accum_steps = batch_size, accum_steps
         self.rank, self.world_size, self.workers, self.seed = rank, world_size, workers, seed
         self.pin_memory = pin_memory
         self.webdataset = is_webdataset(spec, data_format)
         global_batch = world_size * accum_steps * batch_size
+        self.weights: Optional[torch.Tensor] = None
         if self.webdataset:
+            if balance_by is not None or caption_column is not None:
+                raise ValueError("balance_by and caption_column apply to CSV/JSONL pairs, not WebDataset shards")
             shards = expand_shards(spec)
-            self.num_samples = num_samples if num_samples is not None else count_samples(shards)
+            if num_samples is None:
+                num_samples, problems = count_samples(shards)
+                for problem in problems:
+                    logger.warning("counting samples: %s", problem)
+            self.num_samples = num_samples
             self.stream = ShardStream(
                 shards, transform, seed=seed, batch_size=batch_size, context_length=context_length, rank=rank,
                 world_size=world_size, num_workers=workers, resampled=resampled, shuffle_buffer=shuffle_buffer,
             )
         else:
-            pairs = read_pairs(spec, image_root, csv_separator)
+            pairs = read_table(spec, image_root=image_root, separator=csv_separator, caption_column=caption_column)
+            if pairs and not any(p.path for p in pairs):
+                raise ValueError(f"{spec}: no image column (image/path/filepath) or no image path in any row")
             self.num_samples = len(pairs)
+            if balance_by is not None:
+                self.weights = balance_weights(group_values(pairs, balance_by, spec), balance_power)
             self.dataset = PairDataset(pairs, transform, seed)
             self.collate = CollatePairs(transform.image_size, context_length)
         self.steps_per_epoch = self.num_samples // global_batch
@@ -531,7 +419,7 @@ class TrainData:
             self.dataset.epoch = epoch
             sampler = EpochBatchSampler(
                 self.num_samples, self.batch_size, self.accum_steps, self.rank, self.world_size,
-                self.seed, epoch, start=position["micro_batches"],
+                self.seed, epoch, start=position["micro_batches"], weights=self.weights,
             )
             loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate, **common)
         return _take(loader, remaining)

@@ -248,6 +248,8 @@ class _Run:
         transform = TrainTransform(
             self.model.config.image_size, preprocess_cfg.mean, preprocess_cfg.std, scale=config.crop_scale,
             ratio=config.crop_ratio, interpolation=preprocess_cfg.interpolation, hflip=config.hflip,
+            stroke_p=config.stroke_p, background_p=config.background_p, color_jitter=config.color_jitter,
+            hue_jitter=config.hue_jitter, grayscale_p=config.grayscale_p,
         )
         self.data = TrainData(
             config.train_data, transform, context_length=self.model.config.text.context_length,
@@ -255,7 +257,8 @@ class _Run:
             world_size=info.world_size, workers=config.workers, seed=config.seed, data_format=config.data_format,
             image_root=config.image_root, csv_separator=config.csv_separator, num_samples=config.train_num_samples,
             resampled=config.dataset_resampled, shuffle_buffer=config.shuffle_buffer,
-            pin_memory=device.type == "cuda",
+            pin_memory=device.type == "cuda", caption_column=config.caption_column,
+            balance_by=config.balance_by, balance_power=config.balance_power,
         )
         self.total_steps = config.max_steps or config.epochs * self.data.steps_per_epoch
         self.schedule = LRSchedule(config.lr, self.total_steps, config.warmup_steps, config.min_lr, config.lr_schedule)
