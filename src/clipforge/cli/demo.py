@@ -26,9 +26,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from clipforge import bundled
+    from clipforge.encoding import encode_pixels
     from clipforge.image import load_image
     from clipforge.tasks.search import embed_text_queries, exact_search
     from clipforge.tasks.zero_shot import build_classifier, classify
@@ -37,9 +36,8 @@ def run(args: argparse.Namespace) -> int:
     samples, classes = bundled.samples(), bundled.classes()
     pixels = preprocess.batch([load_image(s["path"]) for s in samples])
     classifier = build_classifier(model, tokenizer, classes["classnames"], classes["templates"], progress=False)
-    with torch.no_grad():
-        top = classify(model, classifier, pixels, top_k=3)
-        image_vectors = model.encode_image(pixels, normalize=True).float().numpy()
+    top = classify(model, classifier, pixels, top_k=3)
+    image_vectors = encode_pixels(model, pixels).cpu().numpy()
 
     print(f"Zero-shot: {len(samples)} sample images, {len(classes['classnames'])} classes "
           f"(chance {1 / len(classes['classnames']):.0%})\n")

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import torch
-import torch.nn.functional as F
 
+from clipforge.encoding import encode_images, encode_texts
 from clipforge.evaluation.metrics import retrieval_metrics, zero_shot_metrics
 from clipforge.evaluation.report import write_report
 
@@ -93,7 +93,7 @@ def evaluate(
             raise ValueError(f"{split_jsonl}: no image could be read")
         texts = sorted({r["caption"] for r in records})
         row_of = {text: i for i, text in enumerate(texts)}
-        text_features = _encode_texts(model, tokenizer, texts, batch_size)
+        text_features = encode_texts(model, tokenizer, texts, batch_size=batch_size)
         text_index = torch.tensor([row_of[r["caption"]] for r in records], device=image_features.device)
 
         metrics: dict[str, float] = {}
@@ -117,38 +117,13 @@ def _read_classes(path: PathLike) -> dict[str, Any]:
     return {"classnames": names, "templates": templates}
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _encode_images(
     model: torch.nn.Module, preprocess: "Preprocess", paths: list[str], batch_size: int, num_workers: int, progress: bool
 ) -> tuple[torch.Tensor, list[int]]:
     """(L2-normalized float32 features [n_ok, d], indices of the readable images); bad files are skipped."""
-    from tqdm.auto import tqdm
-
-    from clipforge.image import iter_image_batches
-
-    device = _device_of(model)
-    chunks, kept = [], []
-    with tqdm(total=len(paths), desc="evaluating images", unit="image", disable=not progress, leave=False) as bar:
-        for batch in iter_image_batches(paths, preprocess, batch_size=batch_size, num_workers=num_workers):
-            if batch.indices:
-                features = model.encode_image(batch.pixels.to(device))
-                chunks.append(F.normalize(features.float(), dim=-1))  # normalize in fp32 for fp16/bf16 models
-                kept.extend(batch.indices)
-            bar.update(len(batch.indices) + len(batch.errors))
-    features = torch.cat(chunks) if chunks else torch.empty(0, 0, device=device)
-    return features, kept
-
-
-def _encode_texts(model: torch.nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], texts: list[str], batch_size: int) -> torch.Tensor:
-    device = _device_of(model)
-    chunks = []
-    for start in range(0, len(texts), batch_size):
-        tokens = tokenizer(texts[start : start + batch_size]).to(device)
-        chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
-    return torch.cat(chunks)
+    encoded = encode_images(model, preprocess, paths, batch_size=batch_size, num_workers=num_workers,
+                            progress=progress, desc="evaluating images")
+    return encoded.features, encoded.indices
 
 
 def _zero_shot(

@@ -144,10 +144,21 @@ class ClipModel(nn.Module):
         return F.normalize(features, dim=-1) if normalize else features
 
     # ---- both ----------------------------------------------------------------------------------
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """[n_images, n_texts] logits of L2-normalized features: the learned temperature exp(logit_scale)
+        times the cosine similarity (computed in the features' dtype)."""
+        scale = self.logit_scale.exp().to(image_features.dtype)
+        return scale * image_features @ text_features.t()
+
+    def probabilities(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """[n_images, n_texts] how well each text fits each image, as this model was trained to score it:
+        for CLIP's contrastive loss a softmax over the texts (each row sums to 1)."""
+        return self.logits(image_features, text_features).softmax(dim=-1)
+
     def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> ClipOutput:
         image = self.encode_image(pixels, normalize=True)
         text = self.encode_text(tokens, normalize=True)
-        logits_per_image = self.logit_scale.exp() * image @ text.t()
+        logits_per_image = self.logits(image, text)
         return ClipOutput(logits_per_image, logits_per_image.t())
 
     def clamp_logit_scale(self) -> None:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from clipforge.atomic_files import atomic_write, fsync_dir
-from clipforge.image import iter_image_batches
+from clipforge.encoding import encode_images, encode_texts, model_difference, model_fingerprint
 from clipforge.sources import SourceItem, items_digest, read_source, source_kind
 
 __all__ = [
@@ -49,14 +49,11 @@ __all__ = [
     "read_manifest",
     "read_embeddings",
     "read_summary",
-    "model_fingerprint",
-    "model_difference",
     "IncompleteRunError",
 ]
 
 CONFIG_FILE = "embed_config.json"
 FORMAT_VERSION = 1
-PROBE_TEXT = "a photo of a red car parked next to a tree"
 _SHARD_RE = re.compile(r"^(images|texts)-(\d+)\.npy(\.tmp)?$")
 _EXAMPLES_PER_CODE = 5
 
@@ -102,41 +99,6 @@ class EmbedSummary:
         else:
             lines.append("skipped 0 items")
         return "\n".join(lines)
-
-
-# ---- the model's identity ----------------------------------------------------------------------
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def model_fingerprint(model: Any, tokenizer: Callable) -> dict[str, Any]:
-    """The model's config plus its embedding of a fixed probe text.
-
-    Why a probe vector rather than a hash of the weights: it costs one text forward pass whatever
-    the model size, and it tells apart two models with the same config but different weights.
-    It is compared with a tolerance (`model_difference`) since devices and dtypes change the digits.
-    """
-    tokens = tokenizer([PROBE_TEXT]).to(_device_of(model))
-    with torch.inference_mode():
-        probe = model.encode_text(tokens, normalize=True)[0].float().cpu()
-    return {"config": model.config.to_dict(), "probe_text": PROBE_TEXT, "probe": [round(x, 6) for x in probe.tolist()]}
-
-
-def model_difference(a: dict[str, Any], b: dict[str, Any], min_cosine: float = 0.99) -> Optional[str]:
-    """None when two fingerprints describe the same model, else a sentence saying how they differ."""
-    if a.get("config") != b.get("config"):
-        keys = sorted(k for k in set(a.get("config", {})) | set(b.get("config", {}))
-                      if a.get("config", {}).get(k) != b.get("config", {}).get(k))
-        return f"the model configs differ (in {', '.join(keys)})"
-    pa, pb = np.asarray(a.get("probe", []), np.float64), np.asarray(b.get("probe", []), np.float64)
-    if pa.shape != pb.shape or pa.size == 0:
-        return "the probe embeddings have different sizes"
-    cosine = float(pa @ pb / (np.linalg.norm(pa) * np.linalg.norm(pb) + 1e-12))
-    if cosine < min_cosine:
-        return f"same config but different weights (probe embeddings agree to cosine {cosine:.3f} < {min_cosine})"
-    return None
 
 
 # ---- small file helpers ------------------------------------------------------------------------
@@ -399,34 +361,14 @@ def _recover(out: Path, run: _Run, rank: int) -> list[int]:
 def _embed_images(model: Any, preprocess: Any, paths: list[Any], batch_size: int, num_workers: Optional[int],
                   storage: np.dtype, on_batch: Callable[[int], None]) -> tuple[np.ndarray, dict[int, int], dict[int, Any]]:
     """Vectors of the good images (in order), their positions in `paths` (ImageSources), and errors by position."""
-    device = _device_of(model)
-    rows: dict[int, int] = {}
-    errors: dict[int, Any] = {}
-    parts: list[np.ndarray] = []
-    batches = iter_image_batches(paths, preprocess, batch_size=batch_size, num_workers=num_workers,
-                                 pin_memory=device.type == "cuda")
-    for batch in batches:
-        for index, _, error in batch.errors:
-            errors[index] = error
-        if len(batch):
-            with torch.inference_mode():
-                features = model.encode_image(batch.pixels.to(device, non_blocking=True), normalize=True)
-            parts.append(features.float().cpu().numpy().astype(storage))
-            for index in batch.indices:
-                rows[index] = len(rows)
-        on_batch(len(batch) + len(batch.errors))
-    dim = model.config.embed_dim
-    return (np.concatenate(parts) if parts else np.empty((0, dim), storage)), rows, errors
+    encoded = encode_images(model, preprocess, paths, batch_size=batch_size, num_workers=num_workers, on_batch=on_batch)
+    rows = {index: row for row, index in enumerate(encoded.indices)}
+    errors = {index: error for index, _, error in encoded.errors}
+    return encoded.features.cpu().numpy().astype(storage), rows, errors
 
 
 def _embed_texts(model: Any, tokenizer: Callable, captions: list[str], batch_size: int, storage: np.dtype) -> np.ndarray:
-    device = _device_of(model)
-    parts = []
-    for start in range(0, len(captions), batch_size):
-        tokens = tokenizer(captions[start : start + batch_size]).to(device)
-        with torch.inference_mode():
-            parts.append(model.encode_text(tokens, normalize=True).float().cpu().numpy().astype(storage))
-    return np.concatenate(parts) if parts else np.empty((0, model.config.embed_dim), storage)
+    return encode_texts(model, tokenizer, captions, batch_size=batch_size).cpu().numpy().astype(storage)
 
 
 def _process_chunk(model: Any, preprocess: Any, tokenizer: Callable, items: Sequence[SourceItem], first_index: int,

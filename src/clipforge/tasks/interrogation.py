@@ -33,6 +33,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 
+from clipforge.encoding import encode_pixels, encode_texts, weights_digest
+
 __all__ = [
     "DEFAULT_TABLES",
     "SUBJECT_TABLES",
@@ -44,7 +46,6 @@ __all__ = [
     "read_table",
     "provenance",
     "table_digest",
-    "model_digest",
     "default_cache_dir",
     "caption_destinations",
     "interrogate_files",
@@ -111,34 +112,12 @@ def table_digest(phrases: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(phrases), ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def model_digest(model: torch.nn.Module, samples_per_tensor: int = 1024) -> str:
-    """sha256 of the model's config, dtype and a strided sample of every tensor of its state dict.
-
-    Why not `clipforge.tasks.embedding.model_fingerprint` (a probe text embedding): that one is
-    compared with a tolerance and its digits move with device and kernels, while a cache file
-    name needs an exact key. Sampling up to `samples_per_tensor` values from every tensor costs
-    milliseconds even for ViT-bigG and still tells apart any two checkpoints (fine-tuning moves
-    practically every weight). Names and shapes of all tensors are hashed too.
-    """
-    h = hashlib.sha256()
-    config = getattr(model, "config", None)
-    config_dict = config.to_dict() if hasattr(config, "to_dict") else repr(config)
-    h.update(json.dumps(config_dict, sort_keys=True, default=str).encode())
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            flat = tensor.detach().reshape(-1)
-            stride = max(1, flat.numel() // samples_per_tensor)
-            sample = flat[::stride][:samples_per_tensor].to(device="cpu", dtype=torch.float32).contiguous()
-            h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-            h.update(sample.numpy().tobytes())
-    return h.hexdigest()
-
-
 def default_cache_dir() -> Path:
-    """$CLIPFORGE_CACHE/interrogate, else ~/.cache/clipforge/interrogate (read at call time, not import)."""
-    root = os.environ.get("CLIPFORGE_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "clipforge"
-    return base / "interrogate"
+    """<clipforge cache>/interrogate: the one cache rule of `clipforge.hub_cache.default_cache_dir`
+    ($CLIPFORGE_CACHE, else $XDG_CACHE_HOME/clipforge, else ~/.cache/clipforge; read at call time)."""
+    from clipforge.hub_cache import default_cache_dir as clipforge_cache
+
+    return clipforge_cache() / "interrogate"
 
 
 class _CacheInvalid(ValueError):
@@ -283,7 +262,7 @@ class Interrogator:
     @property
     def model_key(self) -> str:
         if self._model_key is None:
-            self._model_key = model_digest(self.model)
+            self._model_key = weights_digest(self.model)
         return self._model_key
 
     def count_tokens(self, text: str) -> int:
@@ -297,20 +276,10 @@ class Interrogator:
     def max_prompt_tokens(self) -> int:
         return self.context_length - 2  # room for the start and end tokens
 
-    @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], desc: Optional[str] = None) -> torch.Tensor:
         """[len(texts), embed_dim] normalized float32 text embeddings on the model's device."""
-        from tqdm.auto import tqdm
-
-        chunks = []
-        show = self.progress and desc is not None and len(texts) > self.batch_size
-        with tqdm(total=len(texts), desc=desc, unit="text", disable=not show, leave=False, file=sys.stderr) as bar:
-            for start in range(0, len(texts), self.batch_size):
-                batch = list(texts[start : start + self.batch_size])
-                tokens = self.tokenizer(batch).to(self.device)
-                chunks.append(self.model.encode_text(tokens, normalize=True).float())
-                bar.update(len(batch))
-        return torch.cat(chunks)
+        return encode_texts(self.model, self.tokenizer, texts, batch_size=self.batch_size,
+                            progress=self.progress and desc is not None, desc=desc)
 
     def cache_path(self, table: str) -> Path:
         return self.cache_dir / f"{self.model_key[:24]}-{table_digest(self.tables[table])[:24]}.safetensors"
@@ -357,7 +326,7 @@ class Interrogator:
             pixels = pixels.unsqueeze(0)
         if pixels.dim() != 4 or pixels.shape[0] != 1:
             raise ValueError(f"expected one image as pixels [3, S, S] or [1, 3, S, S], got shape {tuple(pixels.shape)}")
-        return self.model.encode_image(pixels.to(self.device), normalize=True).float()[0]
+        return encode_pixels(self.model, pixels)[0]
 
     def rank(self, image: ImageLike, table: str, top_k: int = 10) -> list[tuple[str, float]]:
         """The table's `top_k` phrases most similar to the image, as (phrase, cosine), best first."""
@@ -542,8 +511,7 @@ def interrogate_files(
                 if on_error is not None:
                     on_error(path, error.code, error.reason)
             if batch.indices:
-                with torch.inference_mode():
-                    features = interrogator.model.encode_image(batch.pixels.to(interrogator.device), normalize=True).float()
+                features = encode_pixels(interrogator.model, batch.pixels)
                 for row, index in enumerate(batch.indices):
                     image, txt = todo[index]
                     result = interrogator.interrogate_features(features[row], max_phrases=max_phrases, top_k=top_k)

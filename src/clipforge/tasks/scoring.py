@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipforge.configs import PreprocessConfig
+from clipforge.encoding import encode_pixels, encode_tokens
 from clipforge.image import Preprocess
 from clipforge.models import ClipModel
 from clipforge.text import Tokenizer
@@ -105,14 +106,9 @@ def _embed(
     tokenizer: Optional[Tokenizer],
     batch_size: int,
 ) -> torch.Tensor:
-    device = next(model.parameters()).device
     if modality == "image":
-        pixels = _pixels(model, data, preprocess)
-        chunks = [model.encode_image(p.to(device)) for p in pixels.split(batch_size)] if len(pixels) else []
-    else:
-        tokens = _tokens(model, data, definition, tokenizer)
-        chunks = [model.encode_text(t.to(device)) for t in tokens.split(batch_size)] if len(tokens) else []
-    return torch.cat(chunks) if chunks else torch.empty(0, model.config.embed_dim, device=device)
+        return encode_pixels(model, _pixels(model, data, preprocess), batch_size=batch_size, normalize=False)
+    return encode_tokens(model, _tokens(model, data, definition, tokenizer), batch_size=batch_size, normalize=False)
 
 
 def _pixels(model: ClipModel, images: ImageInput, preprocess: Optional[Preprocess]) -> torch.Tensor:

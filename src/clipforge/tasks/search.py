@@ -20,7 +20,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from clipforge.tasks.embedding import EmbedSummary, embed, model_difference, model_fingerprint, read_embeddings
+from clipforge.encoding import encode_pixels, encode_texts, model_difference, model_fingerprint
+from clipforge.tasks.embedding import EmbedSummary, embed, read_embeddings
 
 __all__ = [
     "BACKENDS",
@@ -320,16 +321,11 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
 
 def embed_text_queries(model: Any, tokenizer: Callable, texts: Sequence[str]) -> np.ndarray:
     """[len(texts), dim] normalized float32 text embeddings."""
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        return model.encode_text(tokenizer(list(texts)).to(device), normalize=True).float().cpu().numpy()
+    return encode_texts(model, tokenizer, texts).cpu().numpy()
 
 
 def embed_image_queries(model: Any, preprocess: Callable, paths: Sequence[Union[str, os.PathLike]]) -> np.ndarray:
     """[len(paths), dim] normalized float32 image embeddings; a bad file raises ImageLoadError."""
     from clipforge.image import load_image
 
-    device = next(model.parameters()).device
-    pixels = torch.stack([preprocess(load_image(p)) for p in paths]).to(device)
-    with torch.inference_mode():
-        return model.encode_image(pixels, normalize=True).float().cpu().numpy()
+    return encode_pixels(model, torch.stack([preprocess(load_image(p)) for p in paths])).cpu().numpy()

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
+
+from clipforge.encoding import encode_pixels, encode_tokens
 
 __all__ = ["similarity_matrix", "plot_similarity"]
 
@@ -27,10 +28,8 @@ _MAX_LABEL_CHARS = 60
 def similarity_matrix(model: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Cosine similarity [n_images, n_texts] (float32, on the model's device) between `pixels`
     [n_images, 3, S, S] and `tokens` [n_texts, context_length]."""
-    device = next(model.parameters()).device
-    # Normalize in fp32: an fp16 model's features lose digits when normalized in fp16.
-    image = F.normalize(model.encode_image(pixels.to(device)).float(), dim=-1)  # [n_images, embed_dim]
-    text = F.normalize(model.encode_text(tokens.to(device)).float(), dim=-1)  # [n_texts, embed_dim]
+    image = encode_pixels(model, pixels)  # [n_images, embed_dim], normalized in fp32
+    text = encode_tokens(model, tokens)  # [n_texts, embed_dim]
     return image @ text.t()
 
 

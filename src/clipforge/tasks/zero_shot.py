@@ -3,11 +3,12 @@
 The procedure is OpenAI's ("Prompt_Engineering_for_ImageNet" notebook, `zeroshot_classifier`):
 for each label, format every template with it, embed the texts, L2-normalize each embedding, take
 their mean and L2-normalize again. The classifier is the [embed_dim, n_labels] matrix of those
-columns. Images are scored as `softmax(100 * normalize(image_features) @ weights)`: the notebook
-and OpenAI's README use a fixed logit scale of 100 (the value CLIP's learned temperature is clamped
-at, and where the released models ended up), not the model's own `logit_scale`.
+columns. Images are scored with the model's own `probabilities` (for CLIP, a softmax over the labels
+of exp(logit_scale) x cosine: the temperature the model learned; OpenAI's notebook writes a fixed
+100, which is where the released models' temperature ended up, so the numbers agree for them, while
+a model that learned 17 is not made to look 100% sure of every answer).
 
-Uses only the public model API (`encode_text` / `encode_image`) and a tokenizer.
+Uses only the public model API (`encode_text`, `encode_image`, `probabilities`) and a tokenizer.
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from clipforge.encoding import encode_pixels, encode_texts, model_device
 from clipforge.tasks.templates import OPENAI_IMAGENET_TEMPLATES, TEMPLATE_SETS
 
-__all__ = ["LOGIT_SCALE", "ZeroShotClassifier", "build_classifier", "classify", "probabilities", "resolve_templates"]
-
-# OpenAI's notebook: `logits = 100. * image_features @ zeroshot_weights`.
-LOGIT_SCALE = 100.0
+__all__ = ["ZeroShotClassifier", "build_classifier", "classify", "probabilities", "resolve_templates"]
 
 # Written into saved files so that a wrong file is recognised instead of misread.
 _FORMAT = "clipforge.zero_shot_classifier"
@@ -173,16 +172,8 @@ def build_classifier(
     templates = resolve_templates(templates)
     texts = [t.format(label) for label in labels for t in templates]  # label-major: [label0 x templates, ...]
 
-    from tqdm.auto import tqdm
-
-    chunks = []
-    with tqdm(total=len(texts), desc="encoding label texts", unit="text", disable=not progress, leave=False) as bar:
-        for start in range(0, len(texts), batch_size):
-            batch = texts[start : start + batch_size]
-            tokens = tokenizer(batch).to(_device_of(model))
-            chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1))  # normalize in fp32 for fp16 models
-            bar.update(len(batch))
-    per_text = torch.cat(chunks).view(len(labels), len(templates), -1)  # [n_labels, n_templates, embed_dim]
+    per_text = encode_texts(model, tokenizer, texts, batch_size=batch_size, progress=progress, desc="encoding label texts")
+    per_text = per_text.view(len(labels), len(templates), -1)  # [n_labels, n_templates, embed_dim]
     weights = F.normalize(per_text.mean(dim=1), dim=-1).t().contiguous()  # [embed_dim, n_labels]
     return ZeroShotClassifier(weights, labels, templates)
 
@@ -196,8 +187,8 @@ def classify(
 ) -> list[list[tuple[str, float]]]:
     """Top-k `(label, probability)` per image of `pixels` [n, 3, S, S], most probable first.
 
-    Probabilities are `softmax(100 * normalize(image_features) @ classifier.weights)` over all
-    labels (LOGIT_SCALE = 100, as OpenAI's notebook); `top_k` is capped at the number of labels.
+    Probabilities are the model's own (`model.probabilities`: for CLIP a softmax over all labels at
+    the learned temperature); `top_k` is capped at the number of labels.
     """
     probs = probabilities(model, classifier, pixels)
     k = max(1, min(top_k, len(classifier)))
@@ -213,16 +204,11 @@ def probabilities(model: torch.nn.Module, classifier: ZeroShotClassifier, pixels
     """[n_images, n_labels] label probabilities (float32, on the model's device)."""
     if pixels.dim() != 4:
         raise ValueError(f"pixels must be [batch, 3, S, S], got shape {tuple(pixels.shape)}")
-    device = _device_of(model)
-    features = F.normalize(model.encode_image(pixels.to(device)).float(), dim=-1)  # [n, embed_dim]
+    device = model_device(model)
+    features = encode_pixels(model, pixels)  # [n, embed_dim] float32, normalized
     if features.shape[-1] != classifier.embed_dim:
         raise ValueError(
             f"the classifier was built for embeddings of size {classifier.embed_dim}, "
             f"the model makes {features.shape[-1]}: build it with this model"
         )
-    logits = LOGIT_SCALE * features @ classifier.weights.to(device=device, dtype=torch.float32)
-    return logits.softmax(dim=-1)
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    return model.probabilities(features, classifier.weights.to(device=device, dtype=torch.float32).t()).float()

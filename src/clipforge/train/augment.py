@@ -78,17 +78,20 @@ class TrainTransform:
         color_jitter: float = 0.0,
         hue_jitter: float = 0.0,
         grayscale_p: float = 0.0,
+        outline_p: float = 0.0,
+        silhouette_p: float = 0.0,
     ) -> None:
         if interpolation not in _FILTERS:
             raise ValueError(f"interpolation must be one of {sorted(_FILTERS)}, got {interpolation!r}")
         for name, value in (("stroke_p", stroke_p), ("background_p", background_p), ("grayscale_p", grayscale_p),
-                            ("color_jitter", color_jitter)):
+                            ("color_jitter", color_jitter), ("outline_p", outline_p), ("silhouette_p", silhouette_p)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if not 0.0 <= hue_jitter <= 0.5:
             raise ValueError(f"hue_jitter must be in [0, 0.5] (a fraction of the colour wheel), got {hue_jitter}")
         self.stroke_p, self.background_p, self.grayscale_p = stroke_p, background_p, grayscale_p
         self.color_jitter, self.hue_jitter = color_jitter, hue_jitter
+        self.outline_p, self.silhouette_p = outline_p, silhouette_p
         self.image_size = int(image_size)
         self.scale = tuple(scale)
         self.ratio = tuple(ratio)
@@ -101,7 +104,8 @@ class TrainTransform:
         return (f"TrainTransform(image_size={self.image_size}, scale={self.scale}, ratio={self.ratio}, "
                 f"interpolation={self.interpolation!r}, hflip={self.hflip}, stroke_p={self.stroke_p}, "
                 f"background_p={self.background_p}, color_jitter={self.color_jitter}, "
-                f"hue_jitter={self.hue_jitter}, grayscale_p={self.grayscale_p})")
+                f"hue_jitter={self.hue_jitter}, grayscale_p={self.grayscale_p}, outline_p={self.outline_p}, "
+                f"silhouette_p={self.silhouette_p})")
 
     def __call__(self, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
         image = to_8bit(image)  # 16-bit greyscale scaled, as clipforge's Preprocess does
@@ -118,6 +122,11 @@ class TrainTransform:
         if self.hflip and torch.rand(1, generator=generator).item() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         image = _rgb(image)
+        # At most one of the drawing-style changes: line art, or a flat one-colour silhouette.
+        if self.outline_p and _chance(self.outline_p, generator):
+            image = _outline(image)
+        elif self.silhouette_p and _chance(self.silhouette_p, generator):
+            image = _silhouette(image, generator)
         if self.background_p and _chance(self.background_p, generator):
             image = _swap_background(image, generator)
         if self.color_jitter or self.hue_jitter:
@@ -158,6 +167,24 @@ def _chance(p: float, generator: torch.Generator) -> bool:
 
 def _uniform(lo: float, hi: float, generator: torch.Generator) -> float:
     return lo + (hi - lo) * torch.rand(1, generator=generator).item()
+
+
+def _outline(image: Image.Image) -> Image.Image:
+    """The drawing as black lines on white: edges of the greyscale image, thresholded."""
+    edges = np.array(image.convert("L").filter(ImageFilter.FIND_EDGES), dtype=np.uint8)
+    lines = np.where(edges > 40, 0, 255).astype(np.uint8)
+    return Image.fromarray(lines, "L").convert("RGB")
+
+
+def _silhouette(image: Image.Image, generator: torch.Generator) -> Image.Image:
+    """Every non-backdrop pixel in one random colour, darker where the drawing was dark (its lines stay)."""
+    pixels = np.array(image, dtype=np.float32)
+    foreground = pixels.min(axis=-1) < 245  # [H, W]
+    colour = torch.randint(0, 256, (3,), generator=generator).numpy().astype(np.float32)
+    shade = (pixels.mean(axis=-1, keepdims=True) < 60).astype(np.float32)  # near-black lines stay black
+    filled = colour * (1 - shade)
+    out = np.where(foreground[..., None], filled, 255.0).astype(np.uint8)
+    return Image.fromarray(out, "RGB")
 
 
 def _swap_background(image: Image.Image, generator: torch.Generator) -> Image.Image:

@@ -55,6 +55,8 @@ class TrainConfig:
     color_jitter: float = 0.0  # brightness/contrast/saturation factors drawn from [1 - j, 1 + j]
     hue_jitter: float = 0.0  # hue turned by up to +-this fraction of the colour wheel
     grayscale_p: float = 0.0  # chance of converting to greyscale
+    outline_p: float = 0.0  # chance of turning the drawing into black line art (its edges)
+    silhouette_p: float = 0.0  # chance of filling the drawing with one random colour (a flat silhouette)
 
     # ---- optimisation ----------------------------------------------------------------------------
     batch_size: int = 64  # per process and per micro-batch; global batch = batch_size * accum_steps * world

@@ -249,7 +249,8 @@ class _Run:
             self.model.config.image_size, preprocess_cfg.mean, preprocess_cfg.std, scale=config.crop_scale,
             ratio=config.crop_ratio, interpolation=preprocess_cfg.interpolation, hflip=config.hflip,
             stroke_p=config.stroke_p, background_p=config.background_p, color_jitter=config.color_jitter,
-            hue_jitter=config.hue_jitter, grayscale_p=config.grayscale_p,
+            hue_jitter=config.hue_jitter, grayscale_p=config.grayscale_p, outline_p=config.outline_p,
+            silhouette_p=config.silhouette_p,
         )
         self.data = TrainData(
             config.train_data, transform, context_length=self.model.config.text.context_length,
