@@ -80,13 +80,15 @@ def test_quantize_dynamic_covers_attention_and_leaves_the_original():
     model = small_vit()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     q = quantize_dynamic(model)
-    assert not any(isinstance(m, SelfAttention) for m in q.modules())
+    attentions = [m for m in q.modules() if isinstance(m, SelfAttention)]
+    assert attentions and all(isinstance(m, QuantizableSelfAttention) for m in attentions)
+    assert not any(isinstance(p, torch.nn.Parameter) for m in attentions for n, p in m.named_parameters(recurse=False))
     attn = q.transformer.resblocks[0].attn
     assert isinstance(attn, QuantizableSelfAttention)
     assert type(attn.in_proj).__module__.startswith("torch.ao.nn.quantized.dynamic")
     assert type(q.visual.transformer.resblocks[0].mlp.c_fc).__module__.startswith("torch.ao.nn.quantized.dynamic")
     # the fp32 model is untouched
-    assert all(isinstance(m.attn, SelfAttention) for m in model.transformer.resblocks)
+    assert all(type(m.attn) is SelfAttention for m in model.transformer.resblocks)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
 

@@ -18,21 +18,19 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Optional
-
 import torch
 from torch import nn
 
-from clipforge.nn.layers import SelfAttention, TokenPacking, attend
+from clipforge.nn.layers import SelfAttention
 
 __all__ = ["QuantizableSelfAttention", "quantize_dynamic", "make_attention_quantizable"]
 
 
-class QuantizableSelfAttention(nn.Module):
+class QuantizableSelfAttention(SelfAttention):
     """`SelfAttention` with its fused q/k/v projection held as an `nn.Linear` (`in_proj`)."""
 
     def __init__(self, attention: SelfAttention):
-        super().__init__()
+        nn.Module.__init__(self)  # not SelfAttention's: its bare projection Parameters are replaced
         self.heads = attention.heads
         out_features, in_features = attention.in_proj_weight.shape
         self.in_proj = nn.Linear(in_features, out_features)
@@ -41,21 +39,15 @@ class QuantizableSelfAttention(nn.Module):
             self.in_proj.bias.copy_(attention.in_proj_bias)
         self.out_proj = attention.out_proj
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        is_causal: bool = False,
-        packing: Optional[TokenPacking] = None,
-        last_token_only: bool = False,
-    ) -> torch.Tensor:
-        return self.out_proj(attend(self.in_proj(x), self.heads, is_causal, packing, last_token_only))
+    def project_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        return self.in_proj(x)
 
 
 def make_attention_quantizable(model: nn.Module) -> nn.Module:
     """Replace every `SelfAttention` in `model` (in place) by an equivalent `QuantizableSelfAttention`."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, SelfAttention):
+            if isinstance(child, SelfAttention) and not isinstance(child, QuantizableSelfAttention):
                 setattr(parent, name, QuantizableSelfAttention(child))
     return model
 

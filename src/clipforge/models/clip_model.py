@@ -128,6 +128,11 @@ class ClipModel(nn.Module):
         pooled = x[torch.arange(x.shape[0], device=x.device), eot]  # [batch, width]
         return TextOutput(x, pooled, pooled @ self.text_projection, hidden)
 
+    def text_final_norm(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        """The text tower's final LayerNorm, for hidden states taken from an inner layer (Stable
+        Diffusion 2's "penultimate layer + final norm", and CLIP skip)."""
+        return self.ln_final(hidden_state)
+
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """[batch, context] token ids -> [batch, embed_dim] text embeddings.
 

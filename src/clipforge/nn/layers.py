@@ -136,8 +136,11 @@ class SelfAttention(nn.Module):
         last_token_only: bool = False,
     ) -> torch.Tensor:
         """x: [batch, length, width], or [n_real_tokens, width] with `packing` (see `attend`)."""
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        return self.out_proj(attend(qkv, self.heads, is_causal, packing, last_token_only))
+        return self.out_proj(attend(self.project_qkv(x), self.heads, is_causal, packing, last_token_only))
+
+    def project_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused q/k/v projection: [..., width] -> [..., 3 * width]."""
+        return F.linear(x, self.in_proj_weight, self.in_proj_bias)
 
 
 class MLP(nn.Module):

@@ -144,7 +144,7 @@ def encode_prompt(
     else:
         states = out.hidden_states[-layer_from_end]
         if config.final_layer_norm:
-            states = model.ln_final(states)
+            states = model.text_final_norm(states)
     pooled = out.text_embeds if config.projected_pooled else out.pooled
     return PromptEmbedding(
         hidden_states=states.reshape(batch, k * context, -1),  # windows side by side along the sequence
