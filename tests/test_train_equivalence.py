@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipforge.train.config import TrainConfig
-from clipforge.train.loop import TrainModule, build_model, forward_backward
-from clipforge.train.loss import build_loss
 from clipforge.train.distributed import DistInfo
+from clipforge.train.loop import build_model
+from clipforge.train.loss import build_loss
+from clipforge.train.step import TrainModule, forward_backward
 from clipforge.train.synthetic import write_shapes_dataset
-from train_ddp_worker import TINY, VARIANTS, global_batch
+from tiny_models import train_config
+from train_ddp_worker import VARIANTS, global_batch
 
 WORKER = Path(__file__).parent / "train_ddp_worker.py"
 TOL = 1e-5
@@ -77,7 +78,7 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path):
 
 
 def _grads(loss_kind: str, micro: int, rows: int = 8, checkpointing: bool = False) -> tuple[float, dict]:
-    config = TrainConfig(model=TINY, train_data="unused.csv", loss=loss_kind)
+    config = train_config(train="unused.csv", loss=loss_kind)
     torch.manual_seed(0)
     model, _, _ = build_model(config)
     model.set_grad_checkpointing(checkpointing)

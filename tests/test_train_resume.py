@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from clipforge.train.synthetic import write_shapes_dataset
-from train_ddp_worker import TINY
+from tiny_models import train_config_dict
 
 # Calls train(); SLOW seconds of sleep after each step give the test time to kill it mid-run.
 RUNNER = """
@@ -49,12 +49,12 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, source, workers):
         data = write_shapes_dataset(tmp_path / "data", 94)
         with open(data, "a") as f:  # two bad rows: the skipped count must survive the resume too
             f.write("images/missing.png,a ghost\nimages/000001.png,\n")
-        data_cfg = {"train_data": str(data)}
+        data_cfg = {"train": str(data)}
     else:
         data = write_shapes_dataset(tmp_path / "data", 96, format="webdataset", samples_per_shard=32)
-        data_cfg = {"train_data": str(data), "shuffle_buffer": 16}
+        data_cfg = {"train": str(data), "shuffle_buffer": 16}
     config = {
-        "model": TINY, **data_cfg, "batch_size": 8, "epochs": 2, "lr": 1e-3, "warmup_steps": 3,
+        **data_cfg, "batch_size": 8, "epochs": 2, "lr": 1e-3, "warmup_steps": 3,
         # save_every_steps is odd so that the resumed WebDataset stream must continue at worker 1
         "workers": workers, "save_every_steps": 3, "keep_checkpoints": 2, "progress": False, "plot": False,
         "seed": 11, "weight_decay": 0.1, "grad_clip_norm": 1.0,
@@ -62,7 +62,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, source, workers):
     paths = {}
     for name in ("reference", "interrupted"):
         paths[name] = tmp_path / f"{name}.json"
-        paths[name].write_text(json.dumps({**config, "out_dir": str(tmp_path / name)}))
+        paths[name].write_text(json.dumps(train_config_dict(**config, out_dir=str(tmp_path / name))))
 
     reference = _start(paths["reference"], slow=0.0)
     victim = _start(paths["interrupted"], slow=0.1)

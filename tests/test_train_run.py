@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 import clipforge
 from clipforge.configs import ClipConfig
 from clipforge.models import ClipModel
-from clipforge.train import TrainConfig, train
+from clipforge.train import train
 from clipforge.train import loop
 from clipforge.train.synthetic import draw_shape, shape_classes, write_shapes_dataset
-from train_ddp_worker import TINY
+from tiny_models import TINY_TRAIN, train_config
 
 QUIET = {"progress": False, "workers": 0}
 
@@ -47,8 +47,7 @@ def _zero_shot_accuracy(model, preprocess, tokenizer, n: int = 120) -> float:
 def test_short_training_run_learns_the_shapes(tmp_path):
     data = write_shapes_dataset(tmp_path / "data", 240)
     out = tmp_path / "run"
-    config = TrainConfig(
-        model=TINY, train_data=str(data), batch_size=24, epochs=8, lr=2e-3, warmup_steps=5, weight_decay=0.1,
+    config = train_config(train=str(data), batch_size=24, epochs=8, lr=2e-3, warmup_steps=5, weight_decay=0.1,
         out_dir=str(out), keep_checkpoints=2, log_every_steps=4, **QUIET,
     )
     result = train(config)
@@ -86,7 +85,7 @@ def test_bad_samples_are_skipped_counted_and_logged(tmp_path, caplog):
     # 20 rows, batch 10: one epoch consumes every row, so all 4 bad ones are seen.
     out = tmp_path / "run"
     with caplog.at_level(logging.WARNING, logger="clipforge.train"):
-        result = train(TrainConfig(model=TINY, train_data=str(data), batch_size=10, epochs=1, out_dir=str(out), **QUIET))
+        result = train(train_config(train=str(data), batch_size=10, epochs=1, out_dir=str(out), **QUIET))
     assert result.skipped_samples == 4 and result.steps == 2
     assert _records(out)[-1]["skipped"] == 4
     logged = "\n".join(r.getMessage() for r in caplog.records)
@@ -105,8 +104,8 @@ def test_bad_webdataset_samples_are_skipped(tmp_path):
             tar.addfile(info, io.BytesIO(payload))
     (shards / "00003.tar").write_bytes(b"this is not a tar file at all" * 20)
     out = tmp_path / "run"
-    result = train(TrainConfig(model=TINY, train_data=str(shards), batch_size=6, max_steps=6, shuffle_buffer=0,
-                               train_num_samples=24, out_dir=str(out), **QUIET))
+    result = train(train_config(train=str(shards), batch_size=6, max_steps=6, shuffle_buffer=0,
+                               num_samples=24, out_dir=str(out), **QUIET))
     # 36 samples read over 6 steps from 24 good + 3 bad samples + 1 unreadable shard, cycling through the shards.
     assert result.skipped_samples > 0 and _records(out)[-1]["skipped"] == result.skipped_samples
     assert all(r["loss"] == r["loss"] for r in _records(out))
@@ -115,14 +114,14 @@ def test_bad_webdataset_samples_are_skipped(tmp_path):
 def _init_file(tmp_path) -> str:
     torch.manual_seed(5)
     path = tmp_path / "init.safetensors"
-    clipforge.save(ClipModel(ClipConfig.from_dict(TINY)), path)
+    clipforge.save(ClipModel(ClipConfig.from_dict(TINY_TRAIN)), path)
     return str(path)
 
 
 def test_lit_frozen_image_tower_stays_bit_identical(tmp_path):
     data = write_shapes_dataset(tmp_path / "data", 48)
     init = _init_file(tmp_path)
-    result = train(TrainConfig(init=init, freeze="image", train_data=str(data), batch_size=12, max_steps=4, lr=1e-2,
+    result = train(train_config(init=init, freeze="image", train=str(data), batch_size=12, max_steps=4, lr=1e-2,
                                weight_decay=0.5, out_dir=str(tmp_path / "run"), **QUIET))
     before, after = load_file(init), load_file(result.final_path)
     visual = [k for k in before if k.startswith("visual.")]
@@ -130,7 +129,7 @@ def test_lit_frozen_image_tower_stays_bit_identical(tmp_path):
     assert not torch.equal(before["text_projection"], after["text_projection"])
     assert not torch.equal(before["token_embedding.weight"], after["token_embedding.weight"])
 
-    result = train(TrainConfig(init=init, freeze="text", train_data=str(data), batch_size=12, max_steps=2, lr=1e-2,
+    result = train(train_config(init=init, freeze="text", train=str(data), batch_size=12, max_steps=2, lr=1e-2,
                                out_dir=str(tmp_path / "run_text"), **QUIET))
     after = load_file(result.final_path)
     assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("visual.") and k != "logit_scale")
@@ -141,7 +140,7 @@ def test_lit_frozen_image_tower_stays_bit_identical(tmp_path):
 def test_wise_ft_is_applied_at_the_end(tmp_path, alpha):
     data = write_shapes_dataset(tmp_path / "data", 24)
     init = _init_file(tmp_path)
-    result = train(TrainConfig(init=init, wise_ft_alpha=alpha, train_data=str(data), batch_size=12, max_steps=2,
+    result = train(train_config(init=init, wise_ft_alpha=alpha, train=str(data), batch_size=12, max_steps=2,
                                lr=1e-2, out_dir=str(tmp_path / "run"), **QUIET))
     original, tuned, final = load_file(init), load_file(tmp_path / "run" / "final_finetuned.safetensors"), load_file(result.final_path)
     assert not torch.equal(original["visual.proj"], tuned["visual.proj"])
@@ -157,7 +156,7 @@ def test_siglip_mixed_precision_accumulation_checkpointing_run(tmp_path):
     data = write_shapes_dataset(tmp_path / "data", 48)
     for precision in ("bf16", "fp16"):
         out = tmp_path / precision
-        train(TrainConfig(model=TINY, train_data=str(data), loss="siglip", precision=precision, accum_steps=2,
+        train(train_config(train=str(data), loss="siglip", precision=precision, accum_steps=2,
                           grad_checkpointing=True, grad_clip_norm=1.0, batch_size=6, max_steps=4, out_dir=str(out), **QUIET))
         records = _records(out)
         assert len(records) == 4 and all(r["loss"] == r["loss"] for r in records)
@@ -179,8 +178,8 @@ def test_evaluation_during_and_after_training(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "call_write_report", lambda metrics, out_dir, curves_jsonl: reports.append((metrics, curves_jsonl)))
     data = write_shapes_dataset(tmp_path / "data", 24)
     out = tmp_path / "run"
-    result = train(TrainConfig(model=TINY, train_data=str(data), batch_size=4, max_steps=5, eval_every_steps=2,
-                               val_data="val.jsonl", classes="classes.json", out_dir=str(out), **QUIET))
+    result = train(train_config(train=str(data), batch_size=4, max_steps=5, eval_every_steps=2,
+                               val="val.jsonl", classes="classes.json", out_dir=str(out), **QUIET))
     evals = _records(out, "eval")
     assert [r["step"] for r in evals] == [2, 4, 5] and [r["final"] for r in evals] == [False, False, True]
     assert evals[-1]["val/zero_shot_top1"] == pytest.approx(0.3)
@@ -190,8 +189,8 @@ def test_evaluation_during_and_after_training(tmp_path, monkeypatch):
 
 def test_webdataset_training_run(tmp_path):
     shards = write_shapes_dataset(tmp_path / "data", 48, format="webdataset", samples_per_shard=16)
-    result = train(TrainConfig(model=TINY, train_data=str(shards / "{00000..00002}.tar"), batch_size=8, epochs=2,
-                               dataset_resampled=True, out_dir=str(tmp_path / "run"), **QUIET))
+    result = train(train_config(train=str(shards / "{00000..00002}.tar"), batch_size=8, epochs=2,
+                               resampled=True, out_dir=str(tmp_path / "run"), **QUIET))
     assert result.steps == 12 and [r["epoch"] for r in _records(tmp_path / "run")][-1] == 2.0
 
 
@@ -203,9 +202,9 @@ def test_cli_train_with_overrides_and_resume(tmp_path, capsys):
     data = write_shapes_dataset(tmp_path / "data", 24)
     config = tmp_path / "run.toml"
     config.write_text(
-        f'train_data = "{data}"\nbatch_size = 4\nworkers = 0\nprogress = false\nplot = false\n'
-        "[model]\nembed_dim = 32\n[model.vision]\nimage_size = 32\npatch_size = 8\nwidth = 32\nlayers = 2\nheads = 2\n"
-        "[model.text]\ncontext_length = 16\nwidth = 32\nheads = 2\nlayers = 2\n"
+        f'[data]\ntrain = "{data}"\nworkers = 0\n[optim]\nbatch_size = 4\n[run]\nprogress = false\nplot = false\n'
+        "[model.architecture]\nembed_dim = 32\n[model.architecture.vision]\nimage_size = 32\npatch_size = 8\n"
+        "width = 32\nlayers = 2\nheads = 2\n[model.architecture.text]\ncontext_length = 16\nwidth = 32\nheads = 2\nlayers = 2\n"
     )
     out = tmp_path / "out"
     assert cli_train.main([str(config), "--set", "max_steps=3", "--set", "lr=1e-3", "--out-dir", str(out)]) == 0
@@ -213,6 +212,10 @@ def test_cli_train_with_overrides_and_resume(tmp_path, capsys):
     # The same command with more steps resumes from the step-3 checkpoint instead of starting over.
     assert cli_train.main([str(config), "--set", "max_steps=5", "--out-dir", str(out)]) == 0
     assert [r["step"] for r in _records(out)] == [1, 2, 3, 4, 5]
+    # The run wrote its resolved config (file + overrides + defaults) beside its checkpoints.
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved["optim"]["max_steps"] == 5 and resolved["data"]["train"] == str(data)
+    assert resolved["optim"]["weight_decay"] == 0.2 and resolved["run"]["out_dir"] == str(out)
     # Fine-tuning flags: --init replaces the file's model; --wise-ft defaults to alpha 0.5.
     init = _init_file(tmp_path)
     assert cli_train.main([str(config), "--init", init, "--wise-ft", "--set", "max_steps=1",

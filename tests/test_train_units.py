@@ -28,7 +28,7 @@ from clipforge.train.finetune import freeze_tower, wise_ft
 from clipforge.train.loss import ClipLoss, SigLipLoss
 from clipforge.train.optim import param_groups
 from clipforge.train.schedule import LRSchedule
-from train_ddp_worker import TINY
+from tiny_models import TINY_TRAIN
 
 
 def _features(n: int = 6, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +84,7 @@ def test_siglip_bias_lives_in_the_loss_not_the_model():
     from clipforge.models import ClipModel
     from clipforge.configs import ClipConfig
 
-    model = ClipModel(ClipConfig.from_dict(TINY))
+    model = ClipModel(ClipConfig.from_dict(TINY_TRAIN))
     assert not any("bias" == name.split(".")[-1] and "logit" in name for name, _ in model.named_parameters())
     assert [n for n, _ in SigLipLoss().named_parameters()] == ["logit_bias"]
 
@@ -96,7 +96,7 @@ def test_weight_decay_rule_matrices_only_and_no_embeddings():
     from clipforge.configs import ClipConfig
     from clipforge.models import ClipModel
 
-    model = ClipModel(ClipConfig.from_dict(TINY))
+    model = ClipModel(ClipConfig.from_dict(TINY_TRAIN))
     named = list(model.named_parameters()) + [("loss.logit_bias", torch.nn.Parameter(torch.zeros(())))]
     decay, no_decay = param_groups(named, 0.2)
     by_id = {id(p): n for n, p in named}
@@ -177,13 +177,15 @@ def test_train_transform_randomness_comes_only_from_the_generator():
 def test_config_from_toml_with_overrides(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text(
-        'train_data = "pairs.csv"\nbatch_size = 16\ncrop_scale = [0.8, 1.0]\n'
-        '[model]\nembed_dim = 32\n[model.vision]\nimage_size = 32\npatch_size = 8\nwidth = 32\nlayers = 2\nheads = 2\n'
-        '[model.text]\ncontext_length = 16\nwidth = 32\nheads = 2\nlayers = 2\n'
+        '[data]\ntrain = "pairs.csv"\n[data.augment]\ncrop_scale = [0.8, 1.0]\n[optim]\nbatch_size = 16\n'
+        '[model.architecture]\nembed_dim = 32\n[model.architecture.vision]\nimage_size = 32\npatch_size = 8\nwidth = 32\n'
+        'layers = 2\nheads = 2\n[model.architecture.text]\ncontext_length = 16\nwidth = 32\nheads = 2\nlayers = 2\n'
     )
-    cfg = load_config(path, ["lr=1e-4", "precision=bf16", "model.vision.layers=3", "max_steps=7", "freeze=none"])
-    assert cfg.lr == 1e-4 and cfg.precision == "bf16" and cfg.max_steps == 7 and cfg.freeze is None
-    assert cfg.model["vision"]["layers"] == 3 and cfg.crop_scale == (0.8, 1.0) and cfg.batch_size == 16
+    cfg = load_config(path, ["lr=1e-4", "optim.precision=bf16", "model.architecture.vision.layers=3", "max_steps=7",
+                             "freeze=none", "hflip=true"])
+    assert cfg.optim.lr == 1e-4 and cfg.optim.precision == "bf16" and cfg.optim.max_steps == 7 and cfg.model.freeze is None
+    assert cfg.model.architecture["vision"]["layers"] == 3 and cfg.data.augment.crop_scale == (0.8, 1.0)
+    assert cfg.optim.batch_size == 16 and cfg.data.augment.hflip is True and cfg.data.train == "pairs.csv"
     # JSON round trip through to_dict
     json_path = tmp_path / "run.json"
     json_path.write_text(json.dumps(cfg.to_dict()))
@@ -196,6 +198,11 @@ def test_config_from_toml_with_overrides(tmp_path):
         load_config(path, ["wise_ft_alpha=0.5"])
     with pytest.raises(ValueError, match="precision"):
         load_config(path, ["precision=fp8"])
+    # A key in the wrong section (the old flat layout) names the section it belongs in.
+    flat = tmp_path / "flat.toml"
+    flat.write_text('lr = 1e-3\n[data]\ntrain = "x.csv"\n[model]\narchitecture = "RN50"\n')
+    with pytest.raises(ValueError, match="lr .it belongs in optim.lr"):
+        load_config(flat)
 
 
 def test_parse_override_values():

@@ -17,16 +17,13 @@ from pathlib import Path
 
 import torch
 
-from clipforge.train.config import TrainConfig
 from clipforge.train.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
-from clipforge.train.loop import TrainModule, build_model, forward_backward, train
+from clipforge.train.loop import build_model, train
 from clipforge.train.loss import build_loss
+from clipforge.train.step import TrainModule, forward_backward
 
-TINY = {
-    "embed_dim": 32,
-    "vision": {"kind": "vit", "image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "heads": 2},
-    "text": {"context_length": 16, "width": 32, "heads": 2, "layers": 2},
-}
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_models import train_config  # noqa: E402
 VARIANTS = [  # (name, loss, local_loss, accum_steps, rows per rank when 2 ranks)
     ("clip_local", "clip", True, 1, (4, 4)),
     ("clip_full", "clip", False, 1, (4, 4)),
@@ -58,7 +55,7 @@ def gradients(info: DistInfo) -> dict:
         start = sum(sizes[: info.rank])
         mine = slice(start, start + sizes[info.rank])
         images, texts = images[mine], texts[mine]
-        config = TrainConfig(model=TINY, train_data="unused.csv", loss=loss_kind, local_loss=local)
+        config = train_config(train="unused.csv", loss=loss_kind, local_loss=local)
         torch.manual_seed(0)
         model, _, _ = build_model(config)
         loss_fn = build_loss(loss_kind, local_loss=local, dist=info)
@@ -81,8 +78,8 @@ def main() -> None:
             out.mkdir(parents=True, exist_ok=True)
             torch.save(results, out / "grads.pt")
         # A real run: 8 pairs per step in both cases (1 x 8 or 2 x 4); train() reuses the process group.
-        config = TrainConfig(
-            model=TINY, train_data=data, batch_size=8 // info.world_size, max_steps=4,
+        config = train_config(
+            train=data, batch_size=8 // info.world_size, max_steps=4,
             lr=1e-3, warmup_steps=1, workers=0, out_dir=str(out / "train"), progress=False, plot=False, seed=3,
         )
         train(config)

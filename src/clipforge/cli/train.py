@@ -13,13 +13,14 @@ from typing import Any
 
 EPILOG = """examples:
   clipforge train run.toml
-  clipforge train run.toml --set lr=1e-4 --set batch_size=128 --set precision="bf16"
+  clipforge train run.toml --set optim.lr=1e-4 --set batch_size=128 --set precision="bf16"
   clipforge train finetune.toml --init ViT-B-32 --init-weights openai --wise-ft      # WiSE-FT, alpha 0.5
   torchrun --nproc_per_node 4 -m clipforge.cli.train run.toml                       # 4 processes
 
---set takes any TrainConfig field (see docs/training.md); values are read as TOML ("1e-4", "true",
+--set takes any TrainConfig field as section.field (see docs/training.md), or the bare field name
+when only one section has it (--set lr=1e-4 is optim.lr); values are read as TOML ("1e-4", "true",
 "[0.8, 1.0]"), or as plain strings when they are not TOML. Dotted keys reach into a model dict
-(--set model.vision.layers=4). A run resumes from its latest checkpoint in out_dir by default.
+(--set model.architecture.vision.layers=4). A run resumes from its latest checkpoint in run.out_dir by default.
 """
 
 
@@ -54,14 +55,14 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.init is not None:
         # --init replaces a from-scratch `model` from the file: the two are exclusive.
-        overrides += [f"init={_toml_str(args.init)}", "model=none"]
-    for flag, key in ((args.init_weights, "init_weights"), (args.freeze, "freeze"), (args.out_dir, "out_dir")):
+        overrides += [f"model.init={_toml_str(args.init)}", "model.architecture=none"]
+    for flag, key in ((args.init_weights, "model.init_weights"), (args.freeze, "model.freeze"), (args.out_dir, "run.out_dir")):
         if flag is not None:
             overrides.append(f"{key}={_toml_str(flag)}")
     if args.wise_ft is not None:
-        overrides.append(f"wise_ft_alpha={args.wise_ft}")
+        overrides.append(f"model.wise_ft_alpha={args.wise_ft}")
     if args.no_resume:
-        overrides.append("resume=none")
+        overrides.append("run.resume=none")
     config = load_config(args.config, overrides)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

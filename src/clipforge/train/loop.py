@@ -1,18 +1,13 @@
-"""The training loop: `train(config) -> TrainResult`.
+"""The training run: `train(config) -> TrainResult` — setup, resume, the step loop, checkpoints,
+evaluation, the final model.
 
 One optimizer step = `accum_steps` micro-batches of `batch_size` on each of `world_size` ranks,
-trained as ONE contrastive batch of world * accum * batch pairs:
-* across ranks, features are gathered with gradients (loss.py, distributed.py);
-* across micro-batches, `forward_backward` first computes every micro-batch's features without
-  gradients, then re-runs each micro-batch with gradients and puts its fresh features into the
-  cached full set before computing the loss (open_clip's accum_freq). The temperature (and
-  SigLIP's bias) take their gradient from one of those passes only; open_clip adds it k times.
-Both equivalences hold to float rounding and are tested (tests/test_train_equivalence.py).
+trained as ONE contrastive batch of world * accum * batch pairs (step.py computes it). The run
+writes its resolved config to `out_dir/config.json` before the first step.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -46,6 +41,7 @@ from clipforge.train.finetune import freeze_tower, set_train_mode, wise_ft
 from clipforge.train.loss import build_loss
 from clipforge.train.optim import build_optimizer
 from clipforge.train.schedule import LRSchedule
+from clipforge.train.step import TrainModule, autocast_factory, forward_backward
 
 logger = logging.getLogger("clipforge.train")
 
@@ -64,87 +60,6 @@ class TrainResult:
     checkpoint: Optional[Path]  # the last training checkpoint
 
 
-class TrainModule(nn.Module):
-    """The model and the loss's parameters under one module, so DDP also averages SigLIP's bias.
-
-    forward returns L2-normalized image and text features and the temperature multiplier
-    exp(logit_scale). An empty micro-batch (all its samples were bad) runs one dummy row and
-    returns zero rows, so every rank still takes part in the same collectives and backward.
-    """
-
-    def __init__(self, model: ClipModel, loss: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.loss = loss
-
-    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rows = images.shape[0]
-        if rows == 0:
-            images = images.new_zeros((1,) + tuple(images.shape[1:]))
-            texts = texts.new_zeros((1, texts.shape[1]))
-            texts[0, 0], texts[0, 1] = self.model.config.text.sot_token_id, self.model.config.text.eot_token_id
-        image_features = self.model.encode_image(images, normalize=True)[:rows]
-        text_features = self.model.encode_text(texts, normalize=True)[:rows]
-        return image_features, text_features, self.model.logit_scale.exp()
-
-
-def forward_backward(
-    module: nn.Module,
-    loss_fn: nn.Module,
-    micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    *,
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-    scaler: Optional[torch.amp.GradScaler] = None,
-) -> torch.Tensor:
-    """Accumulate into `.grad` the gradients of the loss over all micro-batches as one batch.
-
-    `module` is a TrainModule, possibly wrapped in DistributedDataParallel (then gradients are
-    synchronised once, in the last pass). The loss is computed in fp32 outside autocast.
-    Returns this rank's loss (detached; with a local loss it is weighted, see loss.py).
-    """
-    ddp = isinstance(module, nn.parallel.DistributedDataParallel)
-
-    def backward(loss: torch.Tensor) -> None:
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-
-    if len(micro_batches) == 1:
-        images, texts = micro_batches[0]
-        with autocast():
-            image_features, text_features, scale = module(images, texts)
-        loss = loss_fn(image_features.float(), text_features.float(), scale.float())
-        backward(loss)
-        return loss.detach()
-
-    # Pass 1: every micro-batch's features, no graph kept.
-    with torch.no_grad():
-        cached = []
-        for images, texts in micro_batches:
-            with autocast():
-                image_features, text_features, _ = module(images, texts)
-            cached.append((image_features.float(), text_features.float()))
-    # Pass 2: per micro-batch, fresh features (with graph) in place of the cached ones.
-    last = len(micro_batches) - 1
-    for j, (images, texts) in enumerate(micro_batches):
-        sync = module.no_sync() if (ddp and j < last) else contextlib.nullcontext()
-        with sync:
-            with autocast():
-                image_features, text_features, scale = module(images, texts)
-            if j < last:
-                scale = scale.detach()  # the temperature's gradient is taken once, in the last pass
-            all_images = torch.cat([c[0] for c in cached[:j]] + [image_features.float()] + [c[0] for c in cached[j + 1:]])
-            all_texts = torch.cat([c[1] for c in cached[:j]] + [text_features.float()] + [c[1] for c in cached[j + 1:]])
-            loss = loss_fn(all_images, all_texts, scale.float(), detach_params=j < last)
-            backward(loss)
-    return loss.detach()
-
-
-def _autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -154,28 +69,29 @@ def seed_everything(seed: int) -> None:
 def build_model(config: TrainConfig) -> tuple[ClipModel, PreprocessConfig, Optional[dict[str, torch.Tensor]]]:
     """(model in fp32 on CPU, its preprocessing config, initial state for WiSE-FT or None)."""
     initial_state = None
-    if config.init is not None:
+    if config.model.init is not None:
         from clipforge.loading import load
 
-        model, preprocess, _ = load(config.init, config.init_weights, arch=config.init_arch, dtype=torch.float32)
+        model, preprocess, _ = load(config.model.init, config.model.init_weights, arch=config.model.init_arch, dtype=torch.float32)
         preprocess_cfg = preprocess.config
-        if config.wise_ft_alpha is not None:
+        if config.model.wise_ft_alpha is not None:
             initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     else:
-        if isinstance(config.model, str):
+        architecture = config.model.architecture
+        if isinstance(architecture, str):
             from clipforge.model_zoo import get_architecture
 
-            clip_cfg = get_architecture(config.model)
+            clip_cfg = get_architecture(architecture)
         else:
-            clip_cfg = ClipConfig.from_dict(dict(config.model))
+            clip_cfg = ClipConfig.from_dict(dict(architecture))
         model = ClipModel(clip_cfg)
         preprocess_cfg = PreprocessConfig(image_size=clip_cfg.image_size)
-        if config.loss == "siglip":
+        if config.optim.loss == "siglip":
             with torch.no_grad():
-                model.logit_scale.fill_(config.siglip_init_logit_scale)
-    if config.image_size is not None and config.image_size != model.config.image_size:
+                model.logit_scale.fill_(config.optim.siglip_init_logit_scale)
+    if config.data.augment.image_size is not None and config.data.augment.image_size != model.config.image_size:
         raise ValueError(
-            f"image_size={config.image_size} differs from the model's {model.config.image_size}: "
+            f"image_size={config.data.augment.image_size} differs from the model's {model.config.image_size}: "
             "the model's positional embeddings fix its input size"
         )
     return model.float(), preprocess_cfg, initial_state
@@ -186,8 +102,8 @@ def call_evaluate(model: ClipModel, preprocess: Preprocess, tokenizer: Tokenizer
     from clipforge.evaluation import evaluate
 
     return evaluate(
-        model, preprocess, tokenizer, config.val_data, config.classes,
-        batch_size=config.eval_batch_size, num_workers=config.workers, progress=False,
+        model, preprocess, tokenizer, config.data.val, config.data.classes,
+        batch_size=config.run.eval_batch_size, num_workers=config.data.workers, progress=False,
     )
 
 
@@ -203,7 +119,7 @@ def train(config: TrainConfig, *, callbacks: Sequence[Callback] = ()) -> TrainRe
     Under torchrun every process calls this with the same config. `callbacks` are called on every
     rank with each training record (the dict written to metrics.jsonl) after logged steps.
     """
-    info = init_distributed(config.device)
+    info = init_distributed(config.run.device)
     try:
         return _Run(config, info, callbacks).run()
     finally:
@@ -213,22 +129,24 @@ def train(config: TrainConfig, *, callbacks: Sequence[Callback] = ()) -> TrainRe
 class _Run:
     def __init__(self, config: TrainConfig, info: DistInfo, callbacks: Sequence[Callback]) -> None:
         self.config, self.info, self.callbacks = config, info, list(callbacks)
-        self.out_dir = Path(config.out_dir)
+        self.out_dir = Path(config.run.out_dir)
         self.checkpoint_dir = self.out_dir / "checkpoints"
         self.metrics_path = self.out_dir / "metrics.jsonl"
         if info.is_main:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            # The resolved config (file + overrides + defaults) beside the checkpoints it produced.
+            atomic_write_text(self.out_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
         barrier(info)
         device = info.device
 
-        seed_everything(config.seed)  # same on every rank: identical initial weights (DDP broadcasts anyway)
+        seed_everything(config.run.seed)  # same on every rank: identical initial weights (DDP broadcasts anyway)
         self.model, preprocess_cfg, self.initial_state = build_model(config)
         self.model.to(device)
-        freeze_tower(self.model, config.freeze)
-        if config.grad_checkpointing:
+        freeze_tower(self.model, config.model.freeze)
+        if config.optim.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         self.loss_fn = build_loss(
-            config.loss, local_loss=config.local_loss, dist=info, init_logit_bias=config.siglip_init_logit_bias
+            config.optim.loss, local_loss=config.optim.local_loss, dist=info, init_logit_bias=config.optim.siglip_init_logit_bias
         ).to(device)
         self.train_module = TrainModule(self.model, self.loss_fn)
         self.module: nn.Module = self.train_module
@@ -237,32 +155,33 @@ class _Run:
                 self.train_module, device_ids=[device] if device.type == "cuda" else None
             )
         self.optimizer = build_optimizer(
-            self.train_module.named_parameters(), lr=config.lr, weight_decay=config.weight_decay,
-            betas=(config.beta1, config.beta2), eps=config.eps,
+            self.train_module.named_parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay,
+            betas=(config.optim.beta1, config.optim.beta2), eps=config.optim.eps,
         )
-        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-        self.autocast = _autocast_factory(config.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.optim.precision == "fp16")
+        self.autocast = autocast_factory(config.optim.precision, device)
 
         self.preprocess = Preprocess(preprocess_cfg)
         self.tokenizer = Tokenizer(context_length=self.model.config.text.context_length)
+        augment = config.data.augment
         transform = TrainTransform(
-            self.model.config.image_size, preprocess_cfg.mean, preprocess_cfg.std, scale=config.crop_scale,
-            ratio=config.crop_ratio, interpolation=preprocess_cfg.interpolation, hflip=config.hflip,
-            stroke_p=config.stroke_p, background_p=config.background_p, color_jitter=config.color_jitter,
-            hue_jitter=config.hue_jitter, grayscale_p=config.grayscale_p, outline_p=config.outline_p,
-            silhouette_p=config.silhouette_p,
+            self.model.config.image_size, preprocess_cfg.mean, preprocess_cfg.std, scale=augment.crop_scale,
+            ratio=augment.crop_ratio, interpolation=preprocess_cfg.interpolation, hflip=augment.hflip,
+            stroke_p=augment.stroke_p, background_p=augment.background_p, color_jitter=augment.color_jitter,
+            hue_jitter=augment.hue_jitter, grayscale_p=augment.grayscale_p, outline_p=augment.outline_p,
+            silhouette_p=augment.silhouette_p,
         )
         self.data = TrainData(
-            config.train_data, transform, context_length=self.model.config.text.context_length,
-            batch_size=config.batch_size, accum_steps=config.accum_steps, rank=info.rank,
-            world_size=info.world_size, workers=config.workers, seed=config.seed, data_format=config.data_format,
-            image_root=config.image_root, csv_separator=config.csv_separator, num_samples=config.train_num_samples,
-            resampled=config.dataset_resampled, shuffle_buffer=config.shuffle_buffer,
-            pin_memory=device.type == "cuda", caption_column=config.caption_column,
-            balance_by=config.balance_by, balance_power=config.balance_power,
+            config.data.train, transform, context_length=self.model.config.text.context_length,
+            batch_size=config.optim.batch_size, accum_steps=config.optim.accum_steps, rank=info.rank,
+            world_size=info.world_size, workers=config.data.workers, seed=config.run.seed, data_format=config.data.format,
+            image_root=config.data.image_root, csv_separator=config.data.csv_separator, num_samples=config.data.num_samples,
+            resampled=config.data.resampled, shuffle_buffer=config.data.shuffle_buffer,
+            pin_memory=device.type == "cuda", caption_column=config.data.caption_column,
+            balance_by=config.data.balance_by, balance_power=config.data.balance_power,
         )
-        self.total_steps = config.max_steps or config.epochs * self.data.steps_per_epoch
-        self.schedule = LRSchedule(config.lr, self.total_steps, config.warmup_steps, config.min_lr, config.lr_schedule)
+        self.total_steps = config.optim.max_steps or config.optim.epochs * self.data.steps_per_epoch
+        self.schedule = LRSchedule(config.optim.lr, self.total_steps, config.optim.warmup_steps, config.optim.min_lr, config.optim.lr_schedule)
 
         self.step = 0
         self.epoch = 0
@@ -282,11 +201,11 @@ class _Run:
         config, info = self.config, self.info
         path: Optional[str] = None
         if info.is_main:
-            if config.resume == "auto":
+            if config.run.resume == "auto":
                 found = latest_checkpoint(self.checkpoint_dir)
                 path = str(found) if found else None
-            elif config.resume:
-                path = config.resume
+            elif config.run.resume:
+                path = config.run.resume
         path = broadcast_object(path, info)
         if path is None:
             if info.is_main and self.metrics_path.exists():
@@ -294,8 +213,8 @@ class _Run:
             return
         state = load_checkpoint(path)
         meta = json.loads(state["meta"])
-        expected = {"world_size": info.world_size, "batch_size": config.batch_size,
-                    "accum_steps": config.accum_steps, "workers_if_webdataset": config.workers if self.data.webdataset else None}
+        expected = {"world_size": info.world_size, "batch_size": config.optim.batch_size,
+                    "accum_steps": config.optim.accum_steps, "workers_if_webdataset": config.data.workers if self.data.webdataset else None}
         for key, value in expected.items():
             if meta.get(key) != value:
                 raise ValueError(f"cannot resume {path} exactly: it was written with {key}={meta.get(key)}, now {value}")
@@ -324,9 +243,9 @@ class _Run:
         if self.info.is_main:
             meta = {
                 "epoch": self.epoch, "position": self.position, "skipped": self.skipped,
-                "world_size": self.info.world_size, "batch_size": self.config.batch_size,
-                "accum_steps": self.config.accum_steps,
-                "workers_if_webdataset": self.config.workers if self.data.webdataset else None,
+                "world_size": self.info.world_size, "batch_size": self.config.optim.batch_size,
+                "accum_steps": self.config.optim.accum_steps,
+                "workers_if_webdataset": self.config.data.workers if self.data.webdataset else None,
                 # DataLoader worker seeds are derived from (seed, epoch, rank, worker id), not stored state.
                 "worker_seed_rule": "SeedSequence([seed, epoch, rank, worker_id])",
                 "config": self.config.to_dict(),
@@ -340,7 +259,7 @@ class _Run:
                 "rng": rng_state(),
                 "meta": json.dumps(meta),
             }
-            self.last_checkpoint = save_checkpoint(self.checkpoint_dir, self.step, state, self.config.keep_checkpoints)
+            self.last_checkpoint = save_checkpoint(self.checkpoint_dir, self.step, state, self.config.run.keep_checkpoints)
         self.saved_step = self.step
         barrier(self.info)
 
@@ -357,14 +276,14 @@ class _Run:
 
     def _note_bad(self, bad: list[BadSample]) -> None:
         for sample in bad:
-            if self.logged_bad < self.config.max_logged_bad_samples:
+            if self.logged_bad < self.config.data.max_logged_bad_samples:
                 logger.warning("skipping bad sample %s: %s", sample.key, sample.reason)
-            elif self.logged_bad == self.config.max_logged_bad_samples:
+            elif self.logged_bad == self.config.data.max_logged_bad_samples:
                 logger.warning("further bad samples are counted in metrics.jsonl ('skipped') but not logged")
             self.logged_bad += 1
 
     def _open_tensorboard(self) -> None:
-        if not (self.config.tensorboard and self.info.is_main):
+        if not (self.config.run.tensorboard and self.info.is_main):
             return
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -386,10 +305,10 @@ class _Run:
         if good > 0:
             batches = [(b.images.to(device, non_blocking=True), b.texts.to(device, non_blocking=True)) for b in micro]
             loss = forward_backward(self.module, self.loss_fn, batches, autocast=self.autocast, scaler=self.scaler)
-            if self.config.grad_clip_norm is not None:
+            if self.config.optim.grad_clip_norm is not None:
                 self.scaler.unscale_(self.optimizer)
                 params = [p for group in self.optimizer.param_groups for p in group["params"]]
-                torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip_norm)
+                torch.nn.utils.clip_grad_norm_(params, self.config.optim.grad_clip_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
@@ -402,7 +321,7 @@ class _Run:
         return loss
 
     def _log_step(self, loss: Optional[torch.Tensor]) -> None:
-        if self.step % self.config.log_every_steps and self.step != self.total_steps:
+        if self.step % self.config.run.log_every_steps and self.step != self.total_steps:
             return
         value = torch.zeros(1, dtype=torch.float64, device=self.info.device)
         if loss is not None:
@@ -419,7 +338,7 @@ class _Run:
             "samples_per_s": round(self._interval_samples / elapsed, 2),
             "skipped": self.skipped,
         }
-        if self.config.loss == "siglip":
+        if self.config.optim.loss == "siglip":
             record["logit_bias"] = float(self.loss_fn.logit_bias.detach())
         self._interval_samples, self._interval_start = 0, time.perf_counter()
         self.last_record = record
@@ -430,7 +349,7 @@ class _Run:
             callback(record)
 
     def _evaluate(self, final: bool = False) -> Optional[dict]:
-        if not self.config.val_data:
+        if not self.config.data.val:
             return None
         metrics = None
         if self.info.is_main:
@@ -440,7 +359,7 @@ class _Run:
                     metrics = call_evaluate(self.model, self.preprocess, self.tokenizer, self.config)
             except ImportError as e:  # clipforge.evaluation missing: training results matter more
                 logger.warning("evaluation skipped (%s); training continues", e)
-            set_train_mode(self.model, self.config.freeze)
+            set_train_mode(self.model, self.config.model.freeze)
         self._interval_start = time.perf_counter()  # samples/s measures training, not evaluation
         if metrics is not None:
             record = {"type": "eval", "step": self.step, "final": final,
@@ -457,12 +376,12 @@ class _Run:
 
         self._open_tensorboard()
         self._bar = None
-        if info.is_main and config.progress:
+        if info.is_main and config.run.progress:
             self._bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
-        set_train_mode(self.model, config.freeze)
+        set_train_mode(self.model, config.model.freeze)
         if hasattr(self, "_rng_to_restore"):
             set_rng_state(self._rng_to_restore)  # last: everything above may have drawn numbers
-        per_epoch = self.data.steps_per_epoch * config.accum_steps
+        per_epoch = self.data.steps_per_epoch * config.optim.accum_steps
         try:
             while self.step < self.total_steps:
                 micro: list[Batch] = []
@@ -471,7 +390,7 @@ class _Run:
                     self.data.advance(self.position, batch)
                     self._note_bad(batch.bad)
                     micro.append(batch)
-                    if len(micro) < config.accum_steps:
+                    if len(micro) < config.optim.accum_steps:
                         continue
                     loss = self._train_step(micro)
                     micro = []
@@ -483,9 +402,9 @@ class _Run:
                     if self._bar is not None:
                         self._bar.update(1)
                     if (epoch_done or self.step == self.total_steps
-                            or (config.save_every_steps and self.step % config.save_every_steps == 0)):
+                            or (config.run.save_every_steps and self.step % config.run.save_every_steps == 0)):
                         self._checkpoint()
-                    if (config.eval_every_steps and self.step % config.eval_every_steps == 0
+                    if (config.run.eval_every_steps and self.step % config.run.eval_every_steps == 0
                             and self.step != self.total_steps):
                         self._evaluate()
                     if self.step >= self.total_steps:
@@ -506,7 +425,7 @@ class _Run:
         if self.initial_state is not None:
             if info.is_main:
                 save(self.model, self.out_dir / "final_finetuned.safetensors")
-            mixed = wise_ft(self.initial_state, self.model.state_dict(), config.wise_ft_alpha)
+            mixed = wise_ft(self.initial_state, self.model.state_dict(), config.model.wise_ft_alpha)
             self.model.load_state_dict(mixed)
         if info.is_main:
             save(self.model, final_path)
@@ -517,7 +436,7 @@ class _Run:
                     call_write_report(eval_metrics, self.out_dir, self.metrics_path)
                 except ImportError as e:  # the evaluation package is optional at this layer
                     logger.warning("no report written: %s", e)
-            if config.plot:
+            if config.run.plot:
                 plot_curves(self.metrics_path, self.out_dir / "curves.png")
             if self._tb is not None:
                 self._tb.close()
