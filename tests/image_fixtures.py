@@ -1,9 +1,9 @@
 """Test images: a real clip-art corpus (Debian's openclipart-png), JPEGs made from it, and
 generated images of every PIL mode.
 
-The corpus lives in tests/.corpus_cache/ (gitignored). If it is missing it is fetched with
-`apt-get download openclipart-png` and unpacked with `dpkg-deb -x`; if that fails the tests
-FAIL with the reason: parity on real images is the point of these tests, so no silent skip.
+The corpus is the openclipart-png package in the clipforge cache (shared with the data set builder).
+If it is missing it is fetched with `apt-get download openclipart-png` and unpacked; if that fails
+the tests FAIL with the reason: parity on real images is the point of these tests, so no silent skip.
 """
 
 from __future__ import annotations
@@ -11,16 +11,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import os
 import shutil
-import subprocess
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-CACHE = Path(__file__).resolve().parent / ".corpus_cache"
+CACHE = Path(__file__).resolve().parent / ".corpus_cache"  # files derived for tests (the JPEG set)
 PACKAGE = "openclipart-png"
 PNG_ROOT = Path("usr/share/openclipart/png")
 # Large clip-art is slow to decode; the parity sample stays below this (a few bigger ones are
@@ -28,43 +26,15 @@ PNG_ROOT = Path("usr/share/openclipart/png")
 SAMPLE_MAX_PIXELS = 12_000_000
 
 
-class CorpusUnavailable(RuntimeError):
-    pass
-
-
-def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-
-
 def corpus_dir() -> Path:
-    """Directory of the unpacked openclipart PNGs, downloading and unpacking if needed."""
-    extracted = CACHE / "extracted"
-    root = extracted / PNG_ROOT
-    if (extracted / ".complete").exists() and root.is_dir():
-        return root
-    CACHE.mkdir(parents=True, exist_ok=True)
-    debs = sorted(CACHE.glob(f"{PACKAGE}_*.deb"))
-    if not debs:
-        if shutil.which("apt-get") is None:
-            raise CorpusUnavailable(f"{PACKAGE}: apt-get not found; cannot fetch the test corpus into {CACHE}")
-        result = _run(["apt-get", "download", PACKAGE], CACHE)
-        if result.returncode != 0 and hasattr(os, "geteuid") and os.geteuid() == 0:
-            # A fresh machine may have no package lists yet.
-            _run(["apt-get", "update"], CACHE)
-            result = _run(["apt-get", "download", PACKAGE], CACHE)
-        debs = sorted(CACHE.glob(f"{PACKAGE}_*.deb"))
-        if result.returncode != 0 or not debs:
-            raise CorpusUnavailable(
-                f"`apt-get download {PACKAGE}` failed in {CACHE} (exit {result.returncode}):\n{result.stderr.strip()}"
-            )
-    if shutil.which("dpkg-deb") is None:
-        raise CorpusUnavailable("dpkg-deb not found; cannot unpack the test corpus")
-    shutil.rmtree(extracted, ignore_errors=True)
-    result = _run(["dpkg-deb", "-x", str(debs[-1]), str(extracted)], CACHE)
-    if result.returncode != 0 or not root.is_dir():
-        raise CorpusUnavailable(f"dpkg-deb -x {debs[-1].name} failed: {result.stderr.strip()}")
-    (extracted / ".complete").touch()
-    return root
+    """Directory of the unpacked openclipart PNGs: the same fetched package and unpacked tree as the
+    OpenClipArt data set builder (clipforge.datasets.debian_packages, <clipforge cache>/openclipart)."""
+    from clipforge.datasets.debian_packages import extract_deb, fetch_debs
+    from clipforge.datasets.openclipart import default_cache_dir
+
+    cache = default_cache_dir()
+    deb = fetch_debs([PACKAGE], cache)[PACKAGE]  # raises SourceUnavailable with apt's message: no silent skip
+    return extract_deb(deb, cache / "unpacked") / PNG_ROOT
 
 
 def _stable_key(root: Path, path: Path) -> str:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import socket
-from pathlib import Path
 
 import pytest
 
 import clipforge
 from clipforge import bundled
 
-CACHE = Path(__file__).resolve().parent / ".corpus_cache"
 
 
 @pytest.fixture
@@ -54,7 +52,7 @@ def test_bundled_model_beats_chance_on_the_held_out_test_split(tmp_path_factory)
     from clipforge.evaluation import evaluate
 
     data = tmp_path_factory.mktemp("openclipart")
-    openclipart.build(data, cache_dir=CACHE, progress=False)
+    openclipart.build(data, progress=False)
     assert json.loads((data / "classes.json").read_text())["classnames"] == bundled.classes()["classnames"]
     model, preprocess, tokenizer = clipforge.load()
     metrics = evaluate(model, preprocess, tokenizer, data / "test.jsonl", data / "classes.json", progress=False)

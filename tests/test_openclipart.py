@@ -1,7 +1,7 @@
 """The OpenClipArt builder: on a small fake package tree (metadata, captions, labels, splits,
 transparency, bad files, idempotence, .deb input, CLI) and on a 200-pair subset of the real packages.
 
-The real packages are cached in tests/.corpus_cache/ like the image fixtures' corpus; if they cannot
+The real packages are cached in the clipforge cache, shared with the image fixtures' corpus; if they cannot
 be fetched the test fails with apt's message (building this data set is the point of the test).
 """
 
@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from clipforge.datasets import openclipart as oc
+from clipforge.datasets import openclipart_captions as captions
 
-CACHE = Path(__file__).resolve().parent / ".corpus_cache"
 VERSION = "1:0.18+dfsg-19"
 COPYRIGHT = "It was downloaded from http://www.openclipart.org\n\n creative commons Public Domain Dedication\n"
 
@@ -133,14 +133,14 @@ def test_read_svg_metadata(tmp_path):
     path = tmp_path / "flask.svg"
     path.write_text(svg_text("Chemistry Flask", "A flask with the &amp;quot;required&amp;quot; bubbles.",
                              ("chemistry", "science"), creator="Matthew Wardrop"), encoding="utf-8")
-    meta = oc.read_svg_metadata(path)
+    meta = captions.read_svg_metadata(path)
     assert meta.title == "Chemistry Flask"  # the Work's own title, not the publisher's or the creator's
     assert meta.keywords == ["chemistry", "science"]
     assert meta.creator == "Matthew Wardrop"
     assert meta.license == "http://web.resource.org/cc/PublicDomain"
-    assert oc.make_caption(meta) == 'Chemistry Flask. A flask with the "required" bubbles. science'  # "chemistry" repeats the title
+    assert captions.make_caption(meta) == 'Chemistry Flask. A flask with the "required" bubbles. science'  # "chemistry" repeats the title
     (tmp_path / "plain.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>", encoding="utf-8")
-    assert oc.read_svg_metadata(tmp_path / "plain.svg") == oc.SvgMetadata()
+    assert captions.read_svg_metadata(tmp_path / "plain.svg") == captions.SvgMetadata()
 
 
 @pytest.mark.parametrize(
@@ -165,21 +165,39 @@ def test_read_svg_metadata(tmp_path):
     ],
 )
 def test_make_caption_cleans_metadata(meta, category, expected):
-    assert oc.make_caption(oc.SvgMetadata(**meta), category) == expected
+    assert captions.make_caption(captions.SvgMetadata(**meta), category) == expected
 
 
 def test_make_caption_length_is_capped():
-    meta = oc.SvgMetadata(
+    meta = captions.SvgMetadata(
         title="International maritime signal flag foxtrot",
         description="The Semaphore flag signaling system is an alphabet signalling system based on the waving of a pair of hand-held flags. More.",
         keywords=[f"keyword{c}" for c in "abcdefghij"],
     )
-    caption = oc.make_caption(meta)
-    assert len(caption) <= oc.MAX_CAPTION_CHARS
+    caption = captions.make_caption(meta)
+    assert len(caption) <= captions.MAX_CAPTION_CHARS
     assert caption.startswith("International maritime signal flag foxtrot. The Semaphore flag")
     assert "More" not in caption  # first sentence only
-    long_sentence = oc.SvgMetadata(title="Flag", description="word " * 60)
-    assert oc.make_caption(long_sentence) == "Flag"  # a cut-off fragment is dropped, not kept
+    long_sentence = captions.SvgMetadata(title="Flag", description="word " * 60)
+    assert captions.make_caption(long_sentence) == "Flag"  # a cut-off fragment is dropped, not kept
+
+
+def test_caption_variants_phrase_the_same_metadata_differently():
+    meta = captions.SvgMetadata(title="Sleeping Cat", description="A cat asleep on a rug", keywords=["cat", "pet", "rug"])
+    caption = captions.with_category(captions.make_caption(meta, "animals/mammals"), "animals/mammals")
+    parts = captions.caption_parts(meta)
+    variants = captions.caption_variants(caption, parts, "animals/mammals", key="/png/animals/mammals/cat.png")
+    assert variants[0] == caption and len(variants) == captions.N_CAPTION_VARIANTS == len(set(variants))
+    assert variants == captions.caption_variants(caption, parts, "animals/mammals", key="/png/animals/mammals/cat.png")
+    assert variants != captions.caption_variants(caption, parts, "animals/mammals", key="/png/other.png")
+    # every phrasing names the category; each other word comes from the metadata
+    assert all("animals" in v for v in variants)
+    allowed = set(" ".join([caption, "clip art of a picture an image sketch mammals", *parts["keywords"],
+                            parts["title"], parts["description"]]).lower().replace(",", " ").replace(".", " ").split())
+    assert all(set(v.lower().replace(",", " ").replace(".", " ").split()) <= allowed for v in variants)
+    # no category (unsorted): the variants still come from the metadata alone
+    bare = captions.caption_variants("Sleeping Cat", parts, "unsorted", key="k")
+    assert bare[0] == "Sleeping Cat" and not any("unsorted" in v for v in bare)
 
 
 def test_split_of_is_a_stable_80_10_10_hash():
@@ -348,8 +366,8 @@ def test_missing_source_is_a_clear_error(tmp_path):
 
 
 def test_real_packages_subset(tmp_path):
-    """200 pairs from Debian's real openclipart-png / openclipart-svg (fetched once into tests/.corpus_cache)."""
-    summary = oc.build(tmp_path / "oc", limit=200, cache_dir=CACHE, progress=False, workers=0)
+    """200 pairs from Debian's real openclipart-png / openclipart-svg (fetched once into the clipforge cache)."""
+    summary = oc.build(tmp_path / "oc", limit=200, progress=False, workers=0)
     assert set(summary.packages) == set(oc.PACKAGES)
     assert all(re.fullmatch(r"\d+:[\w.+~-]+", v) for v in summary.packages.values())
     assert 180 <= summary.n_pairs <= 200  # a few skips (no caption, tiny, too large) at most
@@ -362,7 +380,7 @@ def test_real_packages_subset(tmp_path):
     assert len(records) == summary.n_pairs
     for source, r in records.items():
         assert r["split"] == oc.split_of(source)
-        assert r["caption"] and len(r["caption"]) <= oc.MAX_CAPTION_CHARS
+        assert r["caption"] and len(r["caption"]) <= captions.MAX_CAPTION_CHARS
         assert "_" not in r["caption"] and not re.search(r"\.(svg|png)\b", r["caption"])
         assert -1 <= r["label"] < len(classes["classnames"])
     assert sum(r["label"] >= 0 for r in records.values()) > 0.8 * len(records)

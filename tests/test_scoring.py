@@ -8,9 +8,7 @@ the same directory, saved with save_pretrained, is loaded with clipforge.load.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +18,6 @@ from PIL import Image
 import clipforge
 from clipforge.image.preprocess import composite_on_white, has_alpha
 from clipforge.tasks.scoring import PAPER_PREFIX, clip_score, score_from_cosine
-from clipforge.text import bpe
 from conftest import CAPTIONS
 from references import build_hf_processor
 from image_fixtures import corpus_sample

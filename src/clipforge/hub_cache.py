@@ -499,7 +499,7 @@ def _hf_repo_message(
         f"  - on a machine with internet access run "
         f"`hf download {hub_id} config.json model.safetensors`, copy its Hugging Face cache folder "
         f"here and set HF_HOME (or HF_HUB_CACHE) to it;",
-        f"  - or pass a folder holding config.json and model.safetensors to clipforge.load(\"/path/to/folder\");",
+        "  - or pass a folder holding config.json and model.safetensors to clipforge.load(\"/path/to/folder\");",
     ]
     if is_off:
         lines.append("  - or allow downloads: unset HF_HUB_OFFLINE / CLIPFORGE_OFFLINE (or pass offline=False).")

@@ -15,23 +15,29 @@ is given and the cache is empty. torch is not imported.
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import os
-import random
 import re
-import shutil
 import statistics
-import subprocess
-import tarfile
-import tempfile
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 from clipforge.atomic_files import atomic_write_text
+from clipforge.datasets.debian_packages import SourceUnavailable, extract_deb, fetch_debs, newest_deb
+from clipforge.datasets.openclipart_captions import (
+    CLASS_NAMES,
+    EXCLUDED_CATEGORIES,
+    SvgMetadata,
+    caption_parts,
+    caption_variants,
+    class_name,
+    make_caption,
+    read_svg_metadata,
+    with_category,
+)
 
 __all__ = [
     "PACKAGES",
@@ -61,16 +67,9 @@ BUILDER_VERSION = 7
 # train_capped.jsonl keeps at most this many images per identical caption: in a contrastive batch,
 # identical captions are false negatives (1,125 of 5,500 training pairs read "gramastar. stars, ...").
 MAX_PAIRS_PER_CAPTION = 8
-# Training records also carry `captions`: this many phrasings of the same metadata (the full caption
-# first), from which a run draws one per epoch (TrainConfig.caption_column = "captions").
-N_CAPTION_VARIANTS = 6
-# How the variants name the category. The evaluation templates are not among them, except the
-# "clip art of" that starts every full caption, so zero-shot still tests phrasings not trained on.
-CATEGORY_PHRASES = ("clip art of {}", "{} clip art", "a picture of {}", "an image of {}", "a sketch of {}", "{}")
 
 SPLITS = ("train", "val", "test")
 SPLIT_PERCENT = {"train": 80, "val": 10, "test": 10}
-
 # Zero-shot prompts: the images are drawings, so "a photo of" would be the wrong domain.
 TEMPLATES = [
     "a clip art of {}.",
@@ -80,55 +79,17 @@ TEMPLATES = [
     "a vector graphic of {}.",
 ]
 
-# Readable class names for the package's top-level directories (what the images mostly show).
-CLASS_NAMES = {
-    "animals": "animals",
-    "buildings": "buildings",
-    "buttons": "buttons",
-    "computer": "computer icons",
-    "containers": "containers",
-    "decorations": "decorations",
-    "education": "education",
-    "electronics": "electronics",
-    "food": "food and drink",
-    "geography": "maps and geography",
-    "logos": "logos",
-    "office": "office supplies",
-    "people": "people",
-    "plants": "plants",
-    "recreation": "games and recreation",
-    "science": "science",
-    "shapes": "shapes",
-    "signs_and_symbols": "signs and symbols",
-    "special": "patterns and gradients",
-    "tools": "tools",
-    "transportation": "transportation",
-}
-# "unsorted" is a bin, not a subject: never a class.
-EXCLUDED_CATEGORIES = frozenset({"unsorted"})
 MIN_CLASS_IMAGES = 40
 
-MAX_CAPTION_CHARS = 200
-MAX_DESCRIPTION_CHARS = 150
-MAX_KEYWORDS = 6
 # Drawings whose long side is below this are icons of a few pixels (3x2 flags): useless as training images.
 MIN_SOURCE_SIDE = 16
 # PIL's own default limit; the few larger renders (16000 px posters, a 21000x29700 stop sign) are skipped.
 DEFAULT_MAX_PIXELS = 89_478_485
 
-_NS = {
-    "dc": "http://purl.org/dc/elements/1.1/",
-    "cc": "http://web.resource.org/cc/",
-    "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
-}
-_WORK = f"{{{_NS['cc']}}}Work"
 
 
-class SourceUnavailable(RuntimeError):
-    """The OpenClipArt packages could not be found, fetched or unpacked; the message says how to provide them."""
 
-
-# ---- fetching and unpacking the Debian packages -----------------------------------------------------
+# ---- where the packages are -------------------------------------------------------------------------
 
 
 def default_cache_dir() -> Path:
@@ -136,137 +97,6 @@ def default_cache_dir() -> Path:
     from clipforge.hub_cache import default_cache_dir as clipforge_cache
 
     return clipforge_cache() / "openclipart"
-
-
-def fetch_debs(packages: Sequence[str], cache_dir: PathLike) -> dict[str, Path]:
-    """`{package: .deb path}`: the newest `<package>_*.deb` already in `cache_dir`, else `apt-get download`.
-
-    Downloads go to a private temporary folder first, so concurrent callers never see half a file.
-    On a machine without package lists, root runs `apt-get update` once and retries.
-    Raises SourceUnavailable (with apt's own message) when a package cannot be had.
-    """
-    cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    found = {p: _newest_deb(cache, p) for p in packages}
-    missing = [p for p, deb in found.items() if deb is None]
-    if missing:
-        if shutil.which("apt-get") is None:
-            raise SourceUnavailable(
-                f"{', '.join(missing)}: apt-get not found. Download the .deb files yourself and pass "
-                f"source=<folder with them> (or an unpacked tree, e.g. source='/' after `apt install`)."
-            )
-        with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
-            result = _run(["apt-get", "download", *missing], Path(tmp))
-            if result.returncode != 0 and hasattr(os, "geteuid") and os.geteuid() == 0:
-                _run(["apt-get", "update"], Path(tmp))  # a fresh machine may have no package lists yet
-                result = _run(["apt-get", "download", *missing], Path(tmp))
-            for deb in Path(tmp).glob("*.deb"):
-                os.replace(deb, cache / deb.name)
-        for p in missing:
-            found[p] = _newest_deb(cache, p)
-            if found[p] is None:
-                raise SourceUnavailable(
-                    f"`apt-get download {' '.join(missing)}` failed in {cache} (exit {result.returncode}):\n"
-                    f"{result.stderr.strip()}"
-                )
-    return {p: deb for p, deb in found.items() if deb is not None}
-
-
-def extract_deb(deb: PathLike, dest_parent: PathLike) -> Path:
-    """Unpack a .deb's data archive into `dest_parent/<deb file stem>/` (once) and return that root.
-
-    Pure Python (ar + tarfile), so `dpkg-deb` is not needed; it is used only for a compression
-    tarfile cannot read (zstd). Members that would land outside the root (absolute paths, `..`,
-    links pointing out) are skipped. The tree appears atomically, marked complete.
-    """
-    deb = Path(deb)
-    dest = Path(dest_parent) / deb.name[: -len(".deb")]
-    if (dest / ".complete").exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
-    try:
-        _unpack_deb_data(deb, tmp)
-        (tmp / ".complete").touch()
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            if not (dest / ".complete").exists():  # a stale, incomplete tree from an interrupted run
-                shutil.rmtree(dest, ignore_errors=True)
-                os.rename(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already when the rename happened
-    return dest
-
-
-def _unpack_deb_data(deb: Path, dest: Path) -> None:
-    with open(deb, "rb") as f:
-        members = dict(_ar_members(f, deb))
-        name = next((n for n in members if n.startswith("data.tar")), None)
-        if name is None:
-            raise SourceUnavailable(f"{deb}: not a Debian package (no data.tar member)")
-        mode = {"data.tar": "r|", "data.tar.gz": "r|gz", "data.tar.xz": "r|xz", "data.tar.bz2": "r|bz2"}.get(name)
-        if mode is None:
-            if shutil.which("dpkg-deb") is None:
-                raise SourceUnavailable(f"{deb}: {name} needs dpkg-deb to unpack, and it is not installed")
-            result = _run(["dpkg-deb", "-x", str(deb.resolve()), str(dest)], dest)
-            if result.returncode != 0:
-                raise SourceUnavailable(f"dpkg-deb -x {deb} failed: {result.stderr.strip()}")
-            return
-        offset, size = members[name]
-        f.seek(offset)
-        trusted = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
-        with tarfile.open(fileobj=_Bounded(f, size), mode=mode) as tar:
-            for member in tar:
-                if _safe_member(member):
-                    tar.extract(member, dest, **trusted)  # checked above; "fully_trusted" only silences 3.12's warning
-
-
-def _ar_members(f: BinaryIO, path: Path) -> Iterable[tuple[str, tuple[int, int]]]:
-    """(name, (offset, size)) for each member of an ar archive (the .deb container)."""
-    if f.read(8) != b"!<arch>\n":
-        raise SourceUnavailable(f"{path}: not a Debian package (no ar header)")
-    while True:
-        header = f.read(60)
-        if len(header) < 60:
-            return
-        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
-        size = int(header[48:58].decode("ascii").strip())
-        yield name, (f.tell(), size)
-        f.seek(size + (size & 1), os.SEEK_CUR)  # members are 2-byte aligned
-
-
-class _Bounded:
-    """A read-only view of `size` bytes of a file from its current position (one ar member)."""
-
-    def __init__(self, f: BinaryIO, size: int) -> None:
-        self.f, self.left = f, size
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.left if n is None or n < 0 else min(n, self.left)
-        data = self.f.read(n)
-        self.left -= len(data)
-        return data
-
-
-def _safe_member(member: tarfile.TarInfo) -> bool:
-    name = Path(member.name)
-    if name.is_absolute() or ".." in name.parts:
-        return False
-    if member.issym():
-        target = Path(member.linkname)
-        inside = os.path.normpath(name.parent / target)
-        return not target.is_absolute() and not inside.startswith("..")
-    return member.isfile() or member.isdir()
-
-
-def _newest_deb(cache: Path, package: str) -> Optional[Path]:
-    debs = sorted(cache.glob(f"{package}_*.deb"))
-    return debs[-1] if debs else None
-
-
-def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
 
 
 # ---- finding the two trees --------------------------------------------------------------------------
@@ -317,7 +147,7 @@ def locate_sources(source: Union[PathLike, Sequence[PathLike], None] = None, cac
         elif (path / "png").is_dir() or (path / "svg").is_dir():  # .../usr/share/openclipart itself
             trees.append((path / "png", path / "svg", path.parent / "doc"))
         else:
-            debs = [d for p in PACKAGES if (d := _newest_deb(path, p)) is not None]
+            debs = [d for p in PACKAGES if (d := newest_deb(path, p)) is not None]
             if not debs:
                 raise SourceUnavailable(
                     f"source {path} holds neither openclipart .deb files nor {PNG_SUBDIR} / {SVG_SUBDIR}"
@@ -352,202 +182,6 @@ def _changelog_version(doc_dir: Path) -> Optional[str]:
     except OSError:
         return None
     return match.group(1) if match else None
-
-
-# ---- metadata and captions --------------------------------------------------------------------------
-
-
-@dataclass
-class SvgMetadata:
-    """The cc:Work record of an OpenClipArt SVG (empty strings where absent)."""
-
-    title: str = ""
-    description: str = ""
-    keywords: list[str] = field(default_factory=list)
-    creator: str = ""
-    license: str = ""
-
-
-def read_svg_metadata(path: PathLike) -> SvgMetadata:
-    """Parse the <cc:Work> block of an SVG. Stops reading as soon as it ends (it comes first, in <metadata>).
-
-    Raises ET.ParseError / OSError for unreadable files; an SVG without the block gives empty metadata.
-    """
-    with open(path, "rb") as f:
-        for _, elem in ET.iterparse(f, events=("end",)):
-            if elem.tag != _WORK:
-                continue
-
-            def text(el: Optional[ET.Element]) -> str:
-                return (el.text or "").strip() if el is not None else ""
-
-            license_el = elem.find("cc:license", _NS)
-            return SvgMetadata(
-                title=text(elem.find("dc:title", _NS)),
-                description=text(elem.find("dc:description", _NS)),
-                keywords=[text(li) for li in elem.findall("dc:subject/rdf:Bag/rdf:li", _NS) if text(li)],
-                creator=text(elem.find("dc:creator/cc:Agent/dc:title", _NS)),
-                license=license_el.get(f"{{{_NS['rdf']}}}resource", "") if license_el is not None else "",
-            )
-    return SvgMetadata()
-
-
-# Titles that name the collection or the uploader's batch rather than the drawing.
-_BOILERPLATE = re.compile(
-    r"collection|theme|icon ?set|s[iu]bmission|\bicons$|^various|^untitled|^new document|^image$|^drawing$",
-    re.IGNORECASE,
-)
-_CLIPART_WORD = re.compile(r"\s*\bclip ?arts?\b\s*", re.IGNORECASE)  # "Homes Clipart" -> "Homes"
-_PERL_REF = re.compile(r"hash\(0x[0-9a-f]+\)", re.IGNORECASE)  # "HASH(0x8677e2c)": a stringified Perl reference
-_CLIPART_BY = re.compile(r"^clip ?art by [^-]+ - ", re.IGNORECASE)  # "Clipart by Nicu Buculei - arrow08_4"
-_FILE_NAME = re.compile(r"[\w.\-]+")
-_FILE_NAME_HINT = re.compile(r"[a-z]\d|\d[a-z]|_\d|\d_|\.(svg|png)$", re.IGNORECASE)
-_URL_OR_EMAIL = re.compile(r"https?://|www\.|\S@\S", re.IGNORECASE)
-_HEXISH = re.compile(r"(0x)?[0-9a-f]*\d[0-9a-f]*")
-_STOP_KEYWORDS = frozenset(
-    {"", "none", "hash", "unsorted", "magick", "mapsym", "clipart", "clip art", "openclipart", "svg",
-     "public domain", "image", "picture", "special"}
-)
-
-
-def _clean(text: str) -> str:
-    # Some metadata is escaped twice ("&amp;quot;"): the XML parser undoes one level, html.unescape the other.
-    return " ".join(_PERL_REF.sub(" ", html.unescape(text)).split())
-
-
-def _clean_title(title: str) -> str:
-    title = _CLIPART_BY.sub("", _clean(title))
-    title = _CLIPART_WORD.sub(" ", re.sub(r"\bSVG\b\s*", "", title)).strip(" -.,;:")
-    if not title or _BOILERPLATE.search(title):
-        return ""
-    if _FILE_NAME.fullmatch(title) and _FILE_NAME_HINT.search(title):  # "jigsaw_red_10", "fc23": a file name
-        return ""
-    return " ".join(title.replace("_", " ").split())
-
-
-def _clean_description(description: str, title: str) -> str:
-    """The first sentence, if it is short, says something the title does not, and is not a URL or address."""
-    description = _clean(description)
-    if not description or _URL_OR_EMAIL.search(description) or _BOILERPLATE.search(description):
-        return ""
-    description = description.split(". ")[0].strip(" .")
-    if len(description) > MAX_DESCRIPTION_CHARS:  # a cut-off fragment reads worse than no description
-        return ""
-    words = re.findall(r"[^\W\d_]+", description.lower())
-    title_words = set(re.findall(r"[^\W\d_]+", title.lower()))
-    if not words or sum(w in title_words for w in words) >= 0.8 * len(words):  # "Bull" / "Bull."
-        return ""
-    return description
-
-
-def _clean_keywords(keywords: Sequence[str], already: str, creator: str) -> list[str]:
-    seen_words = {w.rstrip("s") for w in re.findall(r"\w+", already.lower())}  # plural-insensitive
-    kept: list[str] = []
-    stems: set[str] = set()
-    for raw in keywords:
-        k = " ".join(_clean(raw).lower().replace("_", " ").replace("-", " ").split())
-        stem = k.rstrip("s")
-        if (
-            k in _STOP_KEYWORDS
-            or _HEXISH.fullmatch(k.replace(" ", ""))
-            or "theme" in k
-            or "architetto" in k  # an author's name used as a tag on hundreds of drawings
-            or (creator and k == creator.lower())
-            or stem in stems
-            or {w.rstrip("s") for w in re.findall(r"\w+", k)} <= seen_words
-        ):
-            continue
-        kept.append(k)
-        stems.add(stem)
-        if len(kept) == MAX_KEYWORDS:
-            break
-    return kept
-
-
-def make_caption(meta: SvgMetadata, category: str = "") -> str:
-    """`"<title>. <description>. <keyword>, <keyword>, ..."` from cleaned metadata, at most MAX_CAPTION_CHARS.
-
-    Cleaning drops collection names used as titles ("Part of the Flat Icon Collection ..."), titles
-    that are file names ("jigsaw_red_10"), descriptions that are URLs or e-mail addresses, and
-    keywords that are noise ("hash", hex ids, theme names, the author) or repeat the title.
-    Keywords are dropped from the end until the caption fits. With nothing left, the category
-    path ("signs and symbols, flags") is the caption; "" when there is none (or it is "unsorted").
-    """
-    title = _clean_title(meta.title)
-    description = _clean_description(meta.description, title)
-    keywords = _clean_keywords(meta.keywords, f"{title} {description}", meta.creator)
-    parts = [p for p in (title, description) if p]
-    while True:
-        caption = _sentences(parts + ([", ".join(keywords)] if keywords else []))
-        if len(caption) <= MAX_CAPTION_CHARS or not keywords:
-            break
-        keywords.pop()
-    if len(caption) > MAX_CAPTION_CHARS:
-        caption = caption[:MAX_CAPTION_CHARS].rsplit(" ", 1)[0].rstrip(" ,.;:")
-    if not caption and category and category.split("/")[0] not in EXCLUDED_CATEGORIES:
-        caption = ", ".join(part.replace("_", " ").replace("-", " ") for part in category.split("/"))
-    return caption
-
-
-def with_category(caption: str, category: str) -> str:
-    """Prefix the package's category path, a piece of metadata every image has: "clip art of animals,
-    mammals. Armadillo. animal". Titles and keywords rarely name the category, so without it the text
-    tower never learns the benchmark's class names (zero-shot stayed at chance in a trial run); first,
-    so that truncation to a short context never cuts it off.
-    """
-    parts = [p for p in category.split("/") if p] if category else []
-    if not parts or parts[0] in EXCLUDED_CATEGORIES:
-        return caption
-    readable = [p.replace("_", " ").replace("-", " ") for p in parts]
-    prefix = "clip art of " + ", ".join([_class_name(parts[0])] + readable[1:])
-    # make_caption falls back to the bare category path when an image has no other metadata.
-    if not caption or caption == ", ".join(readable):
-        return prefix
-    full = _sentences([prefix, caption])
-    return full if len(full) <= MAX_CAPTION_CHARS else full[:MAX_CAPTION_CHARS].rsplit(" ", 1)[0].rstrip(" ,.;:")
-
-
-def caption_variants(caption: str, parts: dict[str, Any], category: str, key: str, n: int = N_CAPTION_VARIANTS) -> list[str]:
-    """`n` phrasings of one drawing's metadata for training, the full caption first, deterministic per `key`.
-
-    The others mix the category (phrased several ways, with or without its sub-directories) with the
-    title, the description or a shuffled subset of the keywords, so that a model learns the category
-    names and the words apart from one fixed sentence, and identical captions (the 1,125 "gramastar"
-    stars) stop being identical strings in a batch.
-    """
-    rng = random.Random(hashlib.sha1(f"variants:{key}".encode("utf-8")).hexdigest())
-    path = [p for p in category.split("/") if p] if category else []
-    named = bool(path) and path[0] not in EXCLUDED_CATEGORIES
-    readable = [p.replace("_", " ").replace("-", " ") for p in path]
-    variants = [caption]
-    for _ in range(8 * n):
-        if len(variants) == n:
-            break
-        pieces: list[str] = []
-        if named:
-            names = [_class_name(path[0])] + (readable[1:] if rng.random() < 0.5 else [])
-            pieces.append(rng.choice(CATEGORY_PHRASES).format(", ".join(names)))
-        words = [w for w in (parts.get("title"), parts.get("description")) if w and rng.random() < 0.6]
-        keywords = list(parts.get("keywords") or [])
-        rng.shuffle(keywords)
-        keywords = keywords[: rng.randint(0, len(keywords))]
-        pieces += words + ([", ".join(keywords)] if keywords else [])
-        if not named:
-            pieces = pieces or [caption]
-        if len(pieces) > 1 and rng.random() < 0.3:  # the category last, sometimes
-            pieces = pieces[1:] + pieces[:1]
-        text = _sentences(pieces)[:MAX_CAPTION_CHARS]
-        if text and text not in variants:
-            variants.append(text)
-    return variants
-
-
-def _sentences(parts: Sequence[str]) -> str:
-    # "Mhooo!" + "mammal, cow" -> "Mhooo! mammal, cow", not "Mhooo!. mammal, cow".
-    out = ""
-    for part in parts:
-        out += part if not out else (" " if out[-1] in ".!?" else ". ") + part
-    return out
 
 
 # ---- items, splits and classes ----------------------------------------------------------------------
@@ -628,10 +262,6 @@ def _choose_classes(items: Sequence[_Item], min_images: int) -> list[str]:
     return sorted(c for c, n in counts.items() if n >= min_images and c not in EXCLUDED_CATEGORIES)
 
 
-def _class_name(category: str) -> str:
-    return CLASS_NAMES.get(category, category.replace("_", " ").replace("-", " "))
-
-
 # ---- images -----------------------------------------------------------------------------------------
 
 
@@ -702,10 +332,7 @@ def _process(job: tuple[str, str, str, int, Optional[int], str]) -> dict[str, An
     caption = make_caption(meta, category)
     if not caption:
         return {"error": "no_caption", "message": "no usable title, description, keywords or category"}
-    title = _clean_title(meta.title)
-    description = _clean_description(meta.description, title)
-    parts = {"title": title, "description": description,
-             "keywords": _clean_keywords(meta.keywords, f"{title} {description}", meta.creator)}
+    parts = caption_parts(meta)
     reused = _is_done(Path(dest), image_size)
     if not reused:
         from clipforge.image.files import ImageLoadError
@@ -882,7 +509,7 @@ def build(
             record["captions"] = caption_variants(caption, result["parts"], item.category, item.source)
         records[split].append(record)
 
-    classnames = [_class_name(c) for c in categories]
+    classnames = [class_name(c) for c in categories]
     all_records = [r for split in SPLITS for r in records[split]]
     per_class = {name: 0 for name in classnames}
     for r in all_records:
