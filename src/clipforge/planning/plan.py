@@ -24,9 +24,10 @@ from clipforge.planning.memory import GB, MemoryEstimate, estimate_memory, loss_
 # top of that range. Small models (ViT-B/32) sit far lower: their runs are bound by data loading.
 DEFAULT_MFU = 0.2
 DEFAULT_GLOBAL_BATCH = 32768  # the CLIP paper's
+SMALL_MODEL_TRAIN_FLOPS = 150e9  # per pair: about ViT-B/16 (123 GFLOPs); below it the calibration is poor
 MEMORY_HEADROOM = 0.10  # of GPU memory left for the CUDA context, workspaces and fragmentation
-TAR_MEMBER_OVERHEAD = 512 + 256  # a tar header, plus half a 512-byte block of padding on average
-WEBDATASET_MEMBERS = 2  # .jpg and .txt per sample (img2dataset also writes a .json: add ~1.3 kB)
+TAR_BLOCK = 512  # a tar member is a 512-byte header plus its data padded to whole 512-byte blocks
+TAR_RECORD = 20 * TAR_BLOCK  # an archive ends with two zero blocks, padded to a 10 kB record
 
 
 def parse_count(text: Union[str, int, float]) -> int:
@@ -137,8 +138,18 @@ class TrainingPlan:
         return out
 
 
-def _storage(pairs: int, image_bytes: int, caption_bytes: int) -> float:
-    return pairs * (image_bytes + caption_bytes + WEBDATASET_MEMBERS * TAR_MEMBER_OVERHEAD)
+def webdataset_bytes(pairs: int, image_bytes: float, caption_bytes: float, samples_per_shard: int = 10000) -> float:
+    """Bytes of `pairs` samples stored as WebDataset tar shards, one image and one caption member each.
+
+    Each member costs a 512-byte header plus its data rounded up to 512 bytes: half a block of
+    padding on average for an image, and a caption under 512 bytes fills one block. Each shard
+    ends with two zero blocks and is padded to a 10 kB record (about half a record on average).
+    img2dataset also writes a .json of metadata per sample: count about 1.5 kB more per pair for it.
+    """
+    image = TAR_BLOCK + image_bytes + TAR_BLOCK / 2
+    caption = TAR_BLOCK + TAR_BLOCK * math.ceil(caption_bytes / TAR_BLOCK)
+    shards = math.ceil(pairs / samples_per_shard)
+    return pairs * (image + caption) + shards * (2 * TAR_BLOCK + TAR_RECORD / 2)
 
 
 def plan_training(
@@ -196,15 +207,15 @@ def plan_training(
     params = param_count(config)
     usable = spec.memory_bytes * (1 - memory_headroom)
 
-    def memory(micro: int, checkpointing: bool, local: Optional[int] = None) -> MemoryEstimate:
+    def memory(micro: int, checkpointing: bool, local: Optional[int] = None, total: int = global_batch
+               ) -> MemoryEstimate:
         return estimate_memory(
             config, micro, precision=precision, grad_checkpointing=checkpointing, gpus=gpus,
-            global_batch=global_batch, local_batch=local or micro, local_loss=local_loss,
-            text_tokens=tokens, params=params,
+            global_batch=total, local_batch=local or micro, local_loss=local_loss, text_tokens=tokens, params=params,
         )
 
-    def max_batch(checkpointing: bool) -> int:
-        return max_micro_batch(lambda b: memory(b, checkpointing).total <= usable)
+    def max_batch(checkpointing: bool) -> int:  # per GPU, on these GPUs (the global batch grows with it)
+        return max_micro_batch(lambda b: memory(b, checkpointing, total=b * gpus).total <= usable)
 
     max_no, max_ck = max_batch(False), max_batch(True)
     if grad_checkpointing is None:  # only when the (micro-)batch does not fit without it
@@ -234,6 +245,9 @@ def plan_training(
         executed += flops.recompute
     if accum_steps > 1:
         executed += flops.image_forward + flops.text_forward
+    if flops.train < SMALL_MODEL_TRAIN_FLOPS:
+        notes.append("a small model: the published ViT-B/32 and B/16 runs reached only 0.04-0.13 of peak, bound by "
+                     "data loading rather than FLOPs (docs/plan.md); expect a longer run than --mfu suggests")
     samples = int(round(pairs * epochs))
     gpu_seconds = samples * executed / (peak * mfu)
     gpu_hours = gpu_seconds / 3600
@@ -269,7 +283,7 @@ def plan_training(
         gather_with_grad=gathered, local_loss_needed=local_loss_needed,
         loss_memory_local_gb=local_loss_bytes / GB, loss_memory_full_gb=full_loss / GB,
         image_bytes=image_bytes, caption_bytes=caption_bytes,
-        dataset_storage_tb=_storage(pairs, image_bytes, caption_bytes) / 1e12,
+        dataset_storage_tb=webdataset_bytes(pairs, image_bytes, caption_bytes, samples_per_shard) / 1e12,
         webdataset_shards=math.ceil(pairs / samples_per_shard), samples_per_shard=samples_per_shard,
         checkpoint_gb=(12.0 * params.total + 4.0 * buffers) / GB, weights_fp16_gb=2.0 * params.total / GB,
         notes=tuple(notes),
