@@ -28,6 +28,7 @@ from clipforge.configs import ClipConfig, ResNetConfig, TextConfig, VisionTransf
 from clipforge.model_zoo import _BASE_ARCHITECTURES
 from clipforge.models import ClipModel
 from clipforge.planning import (
+    DEFAULT_CPU_MFU,
     DEFAULT_MFU,
     GPUS,
     PlanInputError,
@@ -41,6 +42,7 @@ from clipforge.planning import (
 )
 from clipforge.planning.calibration import PUBLISHED_RUNS, calibration_markdown, calibration_rows
 from clipforge.planning.flops import image_flops, text_flops
+from clipforge.planning.hardware import gpu_table_markdown
 from clipforge.planning.memory import tower_activations
 from clipforge.planning.plan import webdataset_bytes
 from clipforge.train.loss import ClipLoss
@@ -211,7 +213,7 @@ MEMORY_CASES = [
     ("vit", "fp32", False), ("vit", "fp32", True), ("vit", "bf16", False), ("vit", "bf16", True),
     ("vit-quickgelu", "fp32", True), ("resnet", "fp32", False),
 ]
-MEMORY_TOLERANCE = 0.15  # measured: -10% ... +5% over these cases at batch 16 and 48
+MEMORY_TOLERANCE = 0.15  # measured: -8% ... +6% over these and a few more cases, at batch 16 and 48
 
 
 @pytest.mark.parametrize("kind,precision,checkpointing", MEMORY_CASES)
@@ -356,10 +358,11 @@ def _doc_table(doc: str, first_line_prefix: str) -> str:
     return "\n".join(lines[start:end])
 
 
-def test_docs_calibration_table_is_what_the_code_computes():
+def test_docs_tables_are_what_the_code_computes():
+    """docs/plan.md's calibration and GPU tables are copies of what the code produces, not drifting text."""
     doc = (REPO / "docs" / "plan.md").read_text(encoding="utf-8")
-    table = calibration_markdown()
-    assert _doc_table(doc, table.splitlines()[0][:30]) == table
+    for table in (calibration_markdown(), gpu_table_markdown()):
+        assert _doc_table(doc, table.splitlines()[0][:30]) == table
 
 
 def test_calibration_round_trip_and_default_mfu_is_justified():
@@ -389,7 +392,7 @@ def test_checkpointing_multiplies_the_batch_about_tenfold_as_laion_reports():
     for model in ("ViT-L-14", "ViT-H-14", "ViT-g-14"):
         plan = plan_training(model, "2B", 16, "A100-40GB", 800, 800 * 64)
         ratio = plan.max_batch_checkpointing / plan.max_batch_no_checkpointing
-        assert 7 < ratio < 14, (model, ratio)
+        assert 6 < ratio < 14, (model, ratio)
 
 
 # ---- the command ------------------------------------------------------------------------------------------
@@ -448,4 +451,5 @@ def test_cli_cpu_measures_this_machine():
     data = json.loads(out.stdout)
     assert data["gpu"] == "cpu" and data["precision"] == "fp32"
     assert 1e9 < data["peak_flops_per_gpu"] < 1e14  # a measured matmul rate, GFLOP/s to tens of TFLOP/s
-    assert data["gpu_hours"] == pytest.approx(data["executed_flops"] / (data["peak_flops_per_gpu"] * DEFAULT_MFU) / 3600)
+    assert data["mfu"] == DEFAULT_CPU_MFU
+    assert data["gpu_hours"] == pytest.approx(data["executed_flops"] / (data["peak_flops_per_gpu"] * DEFAULT_CPU_MFU) / 3600)

@@ -16,14 +16,14 @@ EPILOG = """examples:
   clipforge plan --model ViT-B-32 --pairs 3M --epochs 10 --gpu cpu       # measures this machine first
 
 GPUs (dense datasheet peaks; docs/plan.md): {gpus}, or cpu.
---mfu is the fraction of peak the run sustains (default {mfu:g}, calibrated on published CLIP runs).
+--mfu is the fraction of peak the run sustains (default {mfu:g}, calibrated on published CLIP runs; docs/plan.md).
 """
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `plan` on the `clipforge` command's subparsers."""
     from clipforge.planning.hardware import ALIASES, GPUS
-    from clipforge.planning.plan import DEFAULT_GLOBAL_BATCH, DEFAULT_MFU
+    from clipforge.planning.plan import DEFAULT_CPU_MFU, DEFAULT_GLOBAL_BATCH, DEFAULT_MFU
 
     p = subparsers.add_parser(
         "plan", help="size a training run: FLOPs, GPU-hours, days, memory per GPU, storage",
@@ -39,8 +39,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"global batch, all GPUs together (default {DEFAULT_GLOBAL_BATCH})")
     p.add_argument("--precision", choices=["bf16", "fp16", "fp32"],
                    help="default: bf16 where the GPU has it, else fp16; fp32 on the CPU")
-    p.add_argument("--mfu", type=float, default=DEFAULT_MFU,
-                   help=f"fraction of peak FLOP/s sustained on the executed FLOPs (default {DEFAULT_MFU:g})")
+    p.add_argument("--mfu", type=float,
+                   help=f"fraction of peak FLOP/s sustained on the executed FLOPs (default {DEFAULT_MFU:g}; "
+                        f"{DEFAULT_CPU_MFU:g} of the measured matmul rate with --gpu cpu)")
     p.add_argument("--grad-checkpointing", choices=["auto", "on", "off"], default="auto",
                    help="auto (default): only if the per-GPU batch does not fit without it")
     p.add_argument("--accum-steps", type=int, help="micro-batches per step (default: only if memory needs them)")

@@ -11,9 +11,18 @@ This package imports no torch at module level (only `--gpu cpu` measures, with t
 from clipforge.planning.flops import SampleFlops, sample_flops
 from clipforge.planning.hardware import GPUS, GpuSpec, PlanInputError, UnknownGpuError, get_gpu, list_gpus, measure_cpu
 from clipforge.planning.memory import MemoryEstimate, estimate_memory, param_count
-from clipforge.planning.plan import DEFAULT_GLOBAL_BATCH, DEFAULT_MFU, TrainingPlan, parse_count, plan_training
+from clipforge.planning.plan import (
+    DEFAULT_CPU_MFU,
+    DEFAULT_GLOBAL_BATCH,
+    DEFAULT_MFU,
+    TrainingPlan,
+    format_plan,
+    parse_count,
+    plan_training,
+)
 
 __all__ = [
+    "DEFAULT_CPU_MFU",
     "DEFAULT_GLOBAL_BATCH",
     "DEFAULT_MFU",
     "GPUS",
@@ -24,6 +33,7 @@ __all__ = [
     "TrainingPlan",
     "UnknownGpuError",
     "estimate_memory",
+    "format_plan",
     "get_gpu",
     "list_gpus",
     "measure_cpu",

@@ -131,6 +131,18 @@ def get_gpu(name: str) -> GpuSpec:
     raise UnknownGpuError(f"unknown GPU {name!r}; {hint}")
 
 
+def gpu_table_markdown() -> str:
+    """The table in docs/plan.md: dense peaks in TFLOP/s and memory, as this module holds them."""
+    lines = ["| name | accelerator | bf16 | fp16 | fp32 | memory | source |", "|---|---|---:|---:|---:|---:|---|"]
+    for spec in GPUS.values():
+        peaks = [f"{spec.peak_flops[p] / TERA:g}" if spec.peak_flops.get(p) else "-" for p in PRECISIONS]
+        aliases = [a for a, target in ALIASES.items() if target == spec.name]
+        name = spec.name + (f" ({', '.join(aliases)})" if aliases else "")
+        lines.append(f"| {name} | {spec.description} | {' | '.join(peaks)} | {spec.memory_bytes / GiB:g} GiB "
+                     f"| {spec.source} |")
+    return "\n".join(lines)
+
+
 # ---- this machine ----------------------------------------------------------------------------------
 
 

@@ -22,8 +22,8 @@ When the peak comes: the text tower runs after the image tower, so its backward 
     image tower backward:            image activations + the recomputed image block + text gradients
     optimizer step:                  gradients + AdamW's temporary (activations are gone)
 A backward's working set is one recomputed block plus one MLP-hidden gradient (a*n*m; two with
-QuickGELU); without
-checkpointing it fits in what the text tower frees first, so the peak is the end of the forward.
+QuickGELU); without checkpointing it fits in what the text tower frees first, so the peak is the end
+of the forward.
 
 Per process, on top of the activations:
     weights 4 B/param (fp32 master weights also under mixed precision), AdamW exp_avg + exp_avg_sq

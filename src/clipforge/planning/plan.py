@@ -23,6 +23,10 @@ from clipforge.planning.memory import GB, MemoryEstimate, estimate_memory, loss_
 # ViT-g/14 on V100 and A100) sustained 0.16-0.28 of peak on their executed FLOPs; 0.25 is near the
 # top of that range. Small models (ViT-B/32) sit far lower: their runs are bound by data loading.
 DEFAULT_MFU = 0.2
+# On a CPU the peak is a measured matmul rate (hardware.measure_cpu), not a datasheet figure, and a
+# training step reaches a larger share of it: 0.25-0.62 (median 0.41) in ten runs of
+# tools/plan_cpu_check.py on a busy 2-core machine (docs/plan.md).
+DEFAULT_CPU_MFU = 0.4
 DEFAULT_GLOBAL_BATCH = 32768  # the CLIP paper's
 SMALL_MODEL_TRAIN_FLOPS = 150e9  # per pair: about ViT-B/16 (123 GFLOPs); below it the calibration is poor
 MEMORY_HEADROOM = 0.10  # of GPU memory left for the CUDA context, workspaces and fragmentation
@@ -161,7 +165,7 @@ def plan_training(
     global_batch: Union[int, str] = DEFAULT_GLOBAL_BATCH,
     *,
     precision: Optional[str] = None,
-    mfu: float = DEFAULT_MFU,
+    mfu: Optional[float] = None,
     grad_checkpointing: Optional[bool] = None,
     accum_steps: Optional[int] = None,
     text_tokens: Optional[int] = None,
@@ -175,7 +179,8 @@ def plan_training(
     """Size a training run of `model` on `pairs` image-text pairs for `epochs` epochs.
 
     gpu: a name from `hardware.GPUS` (or an alias such as "A100"), a `GpuSpec`, or "cpu" to measure
-    this machine. precision: bf16 where the GPU has it, else fp16 (fp32 on the CPU). None for
+    this machine. mfu: DEFAULT_MFU (DEFAULT_CPU_MFU on the CPU). precision: bf16 where the GPU has
+    it, else fp16 (fp32 on the CPU). None for
     grad_checkpointing / accum_steps means: decide from memory (checkpointing only if the local
     batch does not fit without it; accumulation only if it does not fit with it either).
     """
@@ -185,6 +190,8 @@ def plan_training(
         raise PlanInputError(f"epochs must be positive, got {epochs}")
     if gpus < 1:
         raise PlanInputError(f"gpus must be at least 1, got {gpus}")
+    on_cpu = (gpu.name if isinstance(gpu, GpuSpec) else gpu.strip().lower()) == "cpu"
+    mfu = mfu if mfu is not None else (DEFAULT_CPU_MFU if on_cpu else DEFAULT_MFU)
     if not 0 < mfu <= 1:
         raise PlanInputError(f"mfu is a fraction of peak in (0, 1], got {mfu}")
     if precision is not None and precision not in PRECISIONS:
@@ -300,6 +307,12 @@ def _count(n: float) -> str:
     return f"{n:g}"
 
 
+def _rate(flops_per_second: float) -> str:
+    if flops_per_second >= 1e12:
+        return f"{flops_per_second / 1e12:.4g} TFLOP/s"
+    return f"{flops_per_second / 1e9:.3g} GFLOP/s"
+
+
 def _memory_line(m: MemoryEstimate) -> str:
     parts = [("weights", m.weights), ("AdamW state", m.optimizer), ("gradients", m.gradients),
              ("autocast copies", m.autocast_copies), ("DDP buckets", m.ddp_buckets),
@@ -320,7 +333,7 @@ def format_plan(plan: TrainingPlan) -> str:
                   f"({p.text_tokens} text tokens)"),
         ("compute", f"{p.train_flops:.3g} training FLOPs (forward + backward)"
                     + (f"; {p.executed_flops:.3g} executed with recomputation" if p.executed_flops > p.train_flops else "")),
-        ("throughput", f"--mfu {p.mfu:g} of {p.peak_flops_per_gpu / 1e12:.4g} TFLOP/s peak ({p.precision}): "
+        ("throughput", f"--mfu {p.mfu:g} of {_rate(p.peak_flops_per_gpu)} peak ({p.precision}): "
                        f"{p.samples_per_second_per_gpu:,.1f} pairs/s per GPU (MFU on model FLOPs {p.effective_mfu:.3f})"),
         ("time", f"{p.gpu_hours:,.0f} GPU-hours = {p.wall_days:,.1f} days on {p.gpus} GPU{'s' if p.gpus > 1 else ''}"),
     ]
