@@ -180,9 +180,9 @@ def plan_training(
 
     gpu: a name from `hardware.GPUS` (or an alias such as "A100"), a `GpuSpec`, or "cpu" to measure
     this machine. mfu: DEFAULT_MFU (DEFAULT_CPU_MFU on the CPU). precision: bf16 where the GPU has
-    it, else fp16 (fp32 on the CPU). None for
-    grad_checkpointing / accum_steps means: decide from memory (checkpointing only if the local
-    batch does not fit without it; accumulation only if it does not fit with it either).
+    it, else fp16 (fp32 on the CPU). grad_checkpointing / accum_steps None: decided from memory
+    (checkpointing only if the per-GPU batch does not fit without it; accumulation only if it does
+    not fit with it either).
     """
     name, config = resolve_model(model)
     pairs, global_batch = parse_count(pairs), parse_count(global_batch)
@@ -196,7 +196,7 @@ def plan_training(
         raise PlanInputError(f"mfu is a fraction of peak in (0, 1], got {mfu}")
     if precision is not None and precision not in PRECISIONS:
         raise PlanInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if isinstance(gpu, str) and gpu.strip().lower() == "cpu":
+    if on_cpu and isinstance(gpu, str):
         gpu = measure_cpu(precision or "fp32")
     spec = gpu if isinstance(gpu, GpuSpec) else get_gpu(gpu)
     precision = precision or spec.default_precision()
@@ -252,7 +252,7 @@ def plan_training(
         executed += flops.recompute
     if accum_steps > 1:
         executed += flops.image_forward + flops.text_forward
-    if flops.train < SMALL_MODEL_TRAIN_FLOPS:
+    if flops.train < SMALL_MODEL_TRAIN_FLOPS and not on_cpu:
         notes.append("a small model: the published ViT-B/32 and B/16 runs reached only 0.04-0.13 of peak, bound by "
                      "data loading rather than FLOPs (docs/plan.md); expect a longer run than --mfu suggests")
     samples = int(round(pairs * epochs))
