@@ -31,7 +31,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 # Commands living in their own modules: each exposes `add_parser(subparsers)` and sets `func`.
-COMMAND_MODULES: list[str] = ["classify", "compare", "score", "embed", "search", "interrogate", "dataset", "evaluate", "demo", "train"]
+COMMAND_MODULES: list[str] = ["classify", "compare", "score", "embed", "search", "interrogate", "dataset", "evaluate", "demo", "train", "plan"]
 
 
 def build_parser() -> argparse.ArgumentParser:
