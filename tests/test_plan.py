@@ -262,15 +262,14 @@ def test_webdataset_bytes_match_real_shards(tmp_path):
 
 
 def test_checkpoint_size_matches_a_trainer_checkpoint(tmp_path):
-    from clipforge.train import TrainConfig, train
+    from clipforge.train import train
     from clipforge.train.synthetic import write_shapes_dataset
+    from tiny_models import TINY_TRAIN as model
+    from tiny_models import train_config
 
-    model = {"embed_dim": 32, "vision": {"kind": "vit", "image_size": 32, "patch_size": 8, "width": 32,
-                                          "layers": 2, "heads": 2},
-             "text": {"context_length": 16, "width": 32, "heads": 2, "layers": 2}}
     data = write_shapes_dataset(tmp_path / "data", 16)
-    config = TrainConfig(model=model, train_data=str(data), batch_size=8, max_steps=1, out_dir=str(tmp_path / "run"),
-                         progress=False, workers=0, plot=False)
+    config = train_config(train=str(data), batch_size=8, max_steps=1, out_dir=str(tmp_path / "run"),
+                          progress=False, workers=0, plot=False)
     result = train(config)
     size = result.checkpoint.stat().st_size
     plan = plan_training(ClipConfig.from_dict(model), 16, 1, "A100", 1, 8)

@@ -22,7 +22,7 @@ from clipforge.configs import ClipConfig
 from clipforge.models import ClipModel
 from clipforge.planning import DEFAULT_CPU_MFU, measure_cpu, plan_training
 from clipforge.train.loss import ClipLoss
-from clipforge.train.loop import TrainModule, forward_backward
+from clipforge.train.step import TrainModule, forward_backward
 from clipforge.train.optim import build_optimizer
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "clipforge-mini.toml"
