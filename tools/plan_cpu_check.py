@@ -20,7 +20,7 @@ import torch
 
 from clipforge.configs import ClipConfig
 from clipforge.models import ClipModel
-from clipforge.planning import DEFAULT_CPU_MFU, measure_cpu, plan_training
+from clipforge.planning import measure_cpu, plan_training
 from clipforge.train.loss import ClipLoss
 from clipforge.train.step import TrainModule, forward_backward
 from clipforge.train.optim import build_optimizer

@@ -49,7 +49,7 @@ def _run_index(args: argparse.Namespace) -> int:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    from clipforge.tasks.embedding import model_fingerprint
+    from clipforge.encoding import model_fingerprint
     from clipforge.tasks.search import (
         SearchIndex,
         check_model,
