@@ -20,6 +20,11 @@ _LAZY = {
     "Preprocess": "clipforge.image",
     "ClipModel": "clipforge.models",
     "ClipConfig": "clipforge.configs",
+    "ClipforgeError": "clipforge.errors",
+    "encode_prompt": "clipforge.tasks.diffusion_conditioning",
+    "clip_score": "clipforge.tasks.scoring",
+    "encode_texts": "clipforge.encoding",
+    "encode_images": "clipforge.encoding",
 }
 
 __all__ = list(_LAZY) + ["__version__"]

@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
+from clipforge.errors import InvalidInputError
+
 Activation = Literal["quick_gelu", "gelu"]
 
 # OpenAI's normalization constants, shared by OpenAI and LAION weights.
@@ -85,7 +87,7 @@ class ClipConfig:
 
     def __post_init__(self) -> None:
         if self.activation not in ("quick_gelu", "gelu"):
-            raise ValueError(f"activation must be 'quick_gelu' or 'gelu', got {self.activation!r}")
+            raise InvalidInputError(f"activation must be 'quick_gelu' or 'gelu', got {self.activation!r}")
 
     @property
     def image_size(self) -> int:

@@ -9,6 +9,7 @@ from typing import Optional, Union
 import torch
 
 from clipforge.checkpoint_formats import from_canonical, read_checkpoint, to_canonical
+from clipforge.errors import ClipforgeRuntimeError
 from clipforge.loading import SaveFormat, build_model, load, save
 from clipforge.models import ClipModel
 
@@ -54,11 +55,11 @@ def convert(
     converted = build_model(model.config, canonical, source=f"{source} as {to}").eval()
     diff, scale = compare_models(model, converted)
     if diff > rtol * max(scale, 1.0):
-        raise RuntimeError(f"conversion of {source} to {to} changes outputs: max abs difference {diff:.3g} (scale {scale:.3g}); nothing written")
+        raise ClipforgeRuntimeError(f"conversion of {source} to {to} changes outputs: max abs difference {diff:.3g} (scale {scale:.3g}); nothing written")
     save(converted, destination, format=to)
     # Read back what was written: it must hold exactly the tensors we checked.
     written = to_canonical(read_checkpoint(Path(destination)).state_dict, to)
     for key, tensor in canonical.items():
         if key not in written or not torch.equal(written[key], tensor):
-            raise RuntimeError(f"{destination}: tensor {key!r} differs after writing")
+            raise ClipforgeRuntimeError(f"{destination}: tensor {key!r} differs after writing")
     return ConversionReport(str(source), str(destination), to, diff, scale)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipforge.errors import InvalidInputError
 from clipforge.image import ImageLoadError, ImageSource, iter_image_batches
 
 __all__ = [
@@ -62,7 +63,7 @@ def encode_texts(
 ) -> torch.Tensor:
     """[len(texts), embed_dim] float32 text embeddings on the model's device."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
     texts = list(texts)
     device = model_device(model)
     chunks = []
@@ -80,7 +81,7 @@ def encode_texts(
 def encode_tokens(model: torch.nn.Module, tokens: torch.Tensor, *, batch_size: int = 256, normalize: bool = True) -> torch.Tensor:
     """[n, embed_dim] float32 text embeddings of token ids [n, context], on the model's device."""
     if tokens.dim() != 2:
-        raise ValueError(f"tokens must be [batch, length], got shape {tuple(tokens.shape)}")
+        raise InvalidInputError(f"tokens must be [batch, length], got shape {tuple(tokens.shape)}")
     device = model_device(model)
     if len(tokens) == 0:
         return torch.empty(0, model.config.embed_dim, device=device)
@@ -91,7 +92,7 @@ def encode_tokens(model: torch.nn.Module, tokens: torch.Tensor, *, batch_size: i
 def encode_pixels(model: torch.nn.Module, pixels: torch.Tensor, *, batch_size: int = 64, normalize: bool = True) -> torch.Tensor:
     """[n, embed_dim] float32 image embeddings of preprocessed pixels [n, 3, S, S], on the model's device."""
     if pixels.dim() != 4:
-        raise ValueError(f"pixels must be [batch, 3, S, S], got shape {tuple(pixels.shape)}")
+        raise InvalidInputError(f"pixels must be [batch, 3, S, S], got shape {tuple(pixels.shape)}")
     device = model_device(model)
     if len(pixels) == 0:
         return torch.empty(0, model.config.embed_dim, device=device)

@@ -1,13 +1,28 @@
 """The base of every exception clipforge raises for a problem the user can fix.
 
 `clipforge.cli.main` catches `ClipforgeError` in one place and prints its message on one line
-(no traceback, non-zero exit). Library callers can catch it to handle all of clipforge's
-user-facing errors at once; each subclass also derives from the built-in type that fits it
-(ValueError, FileNotFoundError, ...), so existing `except ValueError` code keeps working.
+(no traceback, non-zero exit; `CLIPFORGE_DEBUG=1` shows the traceback). Library callers can catch it
+to handle all of clipforge's user-facing errors at once; each subclass also derives from the
+built-in type that fits it (ValueError, FileNotFoundError, ...), so `except ValueError` keeps working.
+Anything else escaping the CLI is a bug in clipforge, and its traceback is shown.
 """
 
 from __future__ import annotations
 
+__all__ = ["ClipforgeError", "InvalidInputError", "MissingFileError", "ClipforgeRuntimeError"]
+
 
 class ClipforgeError(Exception):
     """A problem with the input, a file, a name or the environment, stated in one line."""
+
+
+class InvalidInputError(ClipforgeError, ValueError):
+    """An argument, a value in a file, or a combination of them that clipforge cannot use."""
+
+
+class MissingFileError(ClipforgeError, FileNotFoundError):
+    """A file or folder that should be there and is not."""
+
+
+class ClipforgeRuntimeError(ClipforgeError, RuntimeError):
+    """A run that cannot go on (a check failed, the data ran dry); the message says what happened."""

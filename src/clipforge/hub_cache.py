@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
 from clipforge import __version__
+from clipforge.errors import ClipforgeError
 
 if TYPE_CHECKING:
     from clipforge.model_zoo import WeightsRecord
@@ -64,7 +65,7 @@ _HF_WEIGHTS = (
 )
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(ClipforgeError, FileNotFoundError):
     """No weights file could be found or fetched. The message says where we looked and what to do."""
 
     def __str__(self) -> str:
@@ -72,11 +73,11 @@ class WeightsNotFoundError(FileNotFoundError):
         return str(self.args[0]) if self.args else ""
 
 
-class ChecksumMismatchError(ValueError):
+class ChecksumMismatchError(ClipforgeError, ValueError):
     """A downloaded file's sha256 differs from the published one (the file was deleted)."""
 
 
-class DownloadError(OSError):
+class DownloadError(ClipforgeError, OSError):
     """A download stopped before the announced size was received (the partial file was deleted)."""
 
 

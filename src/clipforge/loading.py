@@ -32,6 +32,7 @@ from clipforge.checkpoint_formats import (
     write_checkpoint,
 )
 from clipforge.configs import ClipConfig, PreprocessConfig
+from clipforge.errors import ClipforgeError, InvalidInputError, MissingFileError
 from clipforge.image import Preprocess
 from clipforge.models import ClipModel
 from clipforge.text import Tokenizer
@@ -40,7 +41,7 @@ SaveFormat = Literal["clipforge", "openai", "open_clip", "hf"]
 BUNDLED_MODEL_NAME = "clipforge-mini"  # `load()` and `load("clipforge-mini")` both give the bundled model
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(ClipforgeError, ValueError):
     """The weights declare numerics (activation, eps, shapes) that differ from the requested architecture."""
 
 
@@ -66,7 +67,7 @@ def load(
     """
     if name_or_path is None or name_or_path == BUNDLED_MODEL_NAME:
         if weights is not None or arch is not None:
-            raise ValueError("weights/arch given without a model name: pass a named architecture or a path")
+            raise InvalidInputError("weights/arch given without a model name: pass a named architecture or a path")
         name_or_path = bundled_model_path()
     name = str(name_or_path)
     preprocess_cfg: Optional[PreprocessConfig] = None
@@ -74,12 +75,12 @@ def load(
         model, preprocess_cfg, fmt = _load_path(Path(name).expanduser(), arch)
     elif weights is not None or _is_architecture(name):
         if arch is not None and arch != name:
-            raise ValueError(f"got both a named architecture {name!r} and arch={arch!r}; pass one")
+            raise InvalidInputError(f"got both a named architecture {name!r} and arch={arch!r}; pass one")
         model, preprocess_cfg, fmt = _load_named(name, weights, cache_dir=cache_dir, offline=offline)
     elif "/" in name and not name.startswith((".", "/")):
         model, preprocess_cfg, fmt = _load_hub_id(name, arch, offline=offline)
     else:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{name!r} is neither an existing file or directory, a named architecture "
             f"(e.g. {', '.join(model_zoo.list_architectures()[:4])}, ...), nor a Hugging Face hub id (org/name)"
         )
@@ -96,7 +97,7 @@ def bundled_model_path() -> Path:
     """The default model shipped inside the package (see recipes/clipforge-mini.toml and docs/training.md)."""
     path = Path(__file__).parent / "bundled" / "clipforge-mini.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"the bundled default model is missing from this installation ({path})")
+        raise MissingFileError(f"the bundled default model is missing from this installation ({path})")
     return path
 
 
@@ -120,7 +121,7 @@ def build_model(config: ClipConfig, canonical_state_dict: dict[str, torch.Tensor
     state = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in canonical_state_dict.items()}
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
-        raise ValueError(f"{source}: checkpoint keys do not match the model: missing {missing}, unexpected {unexpected}")
+        raise InvalidInputError(f"{source}: checkpoint keys do not match the model: missing {missing}, unexpected {unexpected}")
     return model
 
 

@@ -31,6 +31,7 @@ from clipforge.configs import (
     TextConfig,
     VisionTransformerConfig,
 )
+from clipforge.errors import ClipforgeError, InvalidInputError
 
 __all__ = [
     "ARCHITECTURES",
@@ -55,7 +56,7 @@ INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(ClipforgeError, KeyError):
     """An unknown architecture name or weights tag. The message lists what is known."""
 
     def __str__(self) -> str:
@@ -209,14 +210,14 @@ class WeightsRecord:
         # Fail at definition time if the record contradicts its own architecture name.
         arch_cfg = get_architecture(self.arch)
         if arch_cfg.activation != self.activation:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{self.arch}/{self.tag}: activation {self.activation!r} differs from the arch's "
                 f"{arch_cfg.activation!r}"
             )
         if arch_cfg.image_size != self.preprocess.image_size:
-            raise ValueError(f"{self.arch}/{self.tag}: preprocess image size differs from the architecture's")
+            raise InvalidInputError(f"{self.arch}/{self.tag}: preprocess image size differs from the architecture's")
         if self.hf_hub_id is None and self.url is None:
-            raise ValueError(f"{self.arch}/{self.tag}: a record needs a hub repo or a URL")
+            raise InvalidInputError(f"{self.arch}/{self.tag}: a record needs a hub repo or a URL")
 
     @property
     def base_arch(self) -> str:

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import copy
 import warnings
+
 import torch
 from torch import nn
 
+from clipforge.errors import InvalidInputError
 from clipforge.nn.layers import SelfAttention
 
 __all__ = ["QuantizableSelfAttention", "quantize_dynamic", "make_attention_quantizable"]
@@ -59,9 +61,9 @@ def quantize_dynamic(model: nn.Module, inplace: bool = False, dtype: torch.dtype
     trained; `encode_image` / `encode_text` / `forward` keep their signatures.
     """
     if any(p.device.type != "cpu" for p in model.parameters()):
-        raise ValueError("quantize_dynamic: dynamic int8 quantization runs on CPU; move the model with .cpu() first")
+        raise InvalidInputError("quantize_dynamic: dynamic int8 quantization runs on CPU; move the model with .cpu() first")
     if any(p.dtype != torch.float32 for p in model.parameters()):
-        raise ValueError("quantize_dynamic: expects an fp32 model; call .float() first")
+        raise InvalidInputError("quantize_dynamic: expects an fp32 model; call .float() first")
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()

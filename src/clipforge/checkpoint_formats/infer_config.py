@@ -16,7 +16,13 @@ from typing import Union
 
 import torch
 
-from ..configs import Activation, ClipConfig, ResNetConfig, TextConfig, VisionTransformerConfig
+from ..configs import (
+    Activation,
+    ClipConfig,
+    ResNetConfig,
+    TextConfig,
+    VisionTransformerConfig,
+)
 from .errors import CheckpointError
 
 Shape = tuple[int, ...]

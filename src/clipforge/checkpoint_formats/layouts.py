@@ -15,7 +15,12 @@ import torch
 from .errors import CheckpointError
 from .hf import canonical_to_hf, hf_to_canonical
 from .infer_config import check_config, infer_config
-from .open_clip import canonical_to_open_clip, open_clip_to_canonical, strip_wrapper_prefix, strip_wrapper_prefixes
+from .open_clip import (
+    canonical_to_open_clip,
+    open_clip_to_canonical,
+    strip_wrapper_prefix,
+    strip_wrapper_prefixes,
+)
 from .openai import canonical_to_openai, openai_to_canonical
 
 LayoutFormat = Literal["openai", "open_clip", "hf", "clipforge"]

@@ -1,23 +1,31 @@
-"""`clipforge classify`: zero-shot classify image files against a list of labels.
+"""`clipforge classify`: zero-shot classify images against a list of labels.
 
-Also holds the small helpers `clipforge compare` shares (label lists, image batches with errors
-reported and skipped). torch and the model code are imported inside the functions, so
-registering the command costs nothing.
+torch and the model code are imported inside the functions, so registering the command costs nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from clipforge.cli.common import add_model_arguments, load_model
+from clipforge.cli.common import (
+    add_batch_argument,
+    add_image_arguments,
+    add_model_arguments,
+    error_entry,
+    image_batches,
+    image_inputs,
+    json_text,
+    load_model,
+    printable,
+    read_list,
+)
+from clipforge.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from clipforge.image import ImageBatch, Preprocess
+    pass
 
 EXAMPLE = """examples:
   clipforge classify cat.jpg owl.png --labels "cat,dog,owl" --model ViT-B-32 --weights openai
@@ -25,60 +33,12 @@ EXAMPLE = """examples:
       --save-classifier imagenet-b32.safetensors --json
   clipforge classify more/*.jpg --classifier imagenet-b32.safetensors --model ViT-B-32.pt --top-k 1
 
-Prompts: each label is put into every template ("a photo of a {}.") and the text embeddings are
-averaged, as in OpenAI's notebook; probabilities are softmax(100 * cosine). Unreadable images are
-reported on stderr (and as error entries with --json) and skipped; the exit code is 0 when at
-least one image was classified.
+IMAGE may be files, folders (searched recursively), glob patterns or list files. Prompts: each label
+is put into every template ("a photo of a {}.") and the text embeddings are averaged, as in
+OpenAI's notebook; probabilities are the model's own (for CLIP a softmax at its learned
+temperature). Unreadable images are reported on stderr (and as error entries with --json) and
+skipped; the exit code is 0 when at least one image was classified.
 """
-
-# ---- shared with `clipforge compare` --------------------------------------------------------------
-
-
-def add_batch_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=64, help="images (and texts) per batch (default 64)")
-
-
-def read_list(inline: Optional[str], file: Optional[str], what: str) -> list[str]:
-    """Items from a comma-separated string or a file with one per line (blank lines skipped)."""
-    if file is not None:
-        items = [line.strip() for line in Path(file).read_text(encoding="utf-8").splitlines()]
-    elif inline is not None:
-        items = [item.strip() for item in inline.split(",")]
-    else:
-        raise ValueError(f"no {what} given")
-    items = [item for item in items if item]
-    if not items:
-        raise ValueError(f"the {what} list is empty")
-    return items
-
-
-def image_batches(
-    paths: list[str], preprocess: "Preprocess", batch_size: int, command: str
-) -> Iterator[tuple["ImageBatch", Any]]:
-    """`(batch, progress_bar)` over `paths`; bad files are reported on stderr as they come.
-
-    A progress bar (stderr, only on a terminal) appears when there is more than one batch of work.
-    Small jobs decode in this process: starting DataLoader workers costs more than it saves.
-    """
-    from tqdm.auto import tqdm
-
-    from clipforge.image import iter_image_batches
-
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    many = len(paths) > batch_size
-    workers = None if many else 0
-    with tqdm(total=len(paths), unit="image", disable=None if many else True, file=sys.stderr) as bar:
-        for batch in iter_image_batches(paths, preprocess, batch_size=batch_size, num_workers=workers):
-            for _, path, error in batch.errors:
-                tqdm.write(f"clipforge {command}: skipped {path}: {error.reason} [{error.code}]", file=sys.stderr)
-            yield batch, bar
-            bar.update(len(batch.indices) + len(batch.errors))
-
-
-def error_entry(path: str, error: Any) -> dict[str, Any]:
-    return {"path": path, "error": {"code": error.code, "message": error.reason}}
-
 
 # ---- classify -------------------------------------------------------------------------------------
 
@@ -92,7 +52,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    add_image_arguments(p)
     labels = p.add_mutually_exclusive_group()
     labels.add_argument("--labels", help='comma-separated labels, e.g. "cat,dog,owl"')
     labels.add_argument("--labels-file", metavar="FILE", help="text file with one label per line")
@@ -115,15 +75,15 @@ def run(args: argparse.Namespace) -> int:
     from clipforge.tasks.zero_shot import ZeroShotClassifier, build_classifier, classify
 
     if args.top_k < 1:
-        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+        raise InvalidInputError(f"--top-k must be >= 1, got {args.top_k}")
     if args.classifier is not None:
         if args.labels is not None or args.labels_file is not None:
-            raise ValueError("--classifier brings its own labels: leave out --labels/--labels-file")
+            raise InvalidInputError("--classifier brings its own labels: leave out --labels/--labels-file")
         classifier = ZeroShotClassifier.load(args.classifier)
         model, preprocess, _ = load_model(args)
     else:
         if args.labels is None and args.labels_file is None:
-            raise ValueError("give the labels: --labels \"cat,dog,owl\", --labels-file FILE or --classifier FILE")
+            raise InvalidInputError("give the labels: --labels \"cat,dog,owl\", --labels-file FILE or --classifier FILE")
         labels = read_list(args.labels, args.labels_file, "labels")
         templates = _templates(args.templates)
         model, preprocess, tokenizer = load_model(args)
@@ -135,9 +95,10 @@ def run(args: argparse.Namespace) -> int:
             classifier.save(args.save_classifier)
             print(f"clipforge classify: wrote classifier ({len(classifier)} labels) to {args.save_classifier}", file=sys.stderr)
 
-    paths = [os.fspath(p) for p in args.images]
+    items = image_inputs(args)
+    paths = [item.path for item in items]
     results: list[Optional[dict[str, Any]]] = [None] * len(paths)
-    for batch, _ in image_batches(paths, preprocess, args.batch_size, "classify"):
+    for batch, _ in image_batches(items, preprocess, args.batch_size, "classify"):
         for index, path, error in batch.errors:
             results[index] = error_entry(path, error)
         if batch.indices:
@@ -151,13 +112,13 @@ def run(args: argparse.Namespace) -> int:
     entries = [r for r in results if r is not None]
     n_ok = sum("predictions" in r for r in entries)
     if args.json:
-        print(json.dumps({"results": entries, "n_classified": n_ok, "n_errors": len(entries) - n_ok}, ensure_ascii=False))
+        print(json_text({"results": entries, "n_classified": n_ok, "n_errors": len(entries) - n_ok}))
     else:
         for entry in entries:
             if "predictions" in entry:
-                print(entry["path"])
+                print(printable(entry["path"]))
                 for pred in entry["predictions"]:
-                    print(f"  {pred['probability']:.4f}  {pred['label']}")
+                    print(f"  {pred['probability']:.4f}  {printable(pred['label'])}")
     return 0 if n_ok else 1
 
 
@@ -169,4 +130,4 @@ def _templates(value: str) -> list[str]:
         return list(TEMPLATE_SETS[value])
     if Path(value).is_file():
         return resolve_templates(read_list(None, value, "templates"))
-    raise ValueError(f"--templates {value!r} is neither {', '.join(TEMPLATE_SETS)} nor an existing file")
+    raise InvalidInputError(f"--templates {value!r} is neither {', '.join(TEMPLATE_SETS)} nor an existing file")

@@ -1,4 +1,6 @@
-"""What every model-using command shares: the model options and turning them into a loaded model.
+"""What the commands share: the model options and loading, image inputs and batches, label lists,
+the embed/index run options, and printing untrusted text safely. CLI modules import these from here,
+never from each other.
 
 torch is imported inside the functions so registering commands costs nothing.
 """
@@ -6,8 +8,19 @@ torch is imported inside the functions so registering commands costs nothing.
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import os
-from typing import Any, Optional
+import sys
+import unicodedata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Optional
+
+from clipforge.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from clipforge.image import ImageBatch, Preprocess
+    from clipforge.sources import SourceItem
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -62,3 +75,138 @@ def load_model(args: argparse.Namespace, reference: Optional[dict[str, Optional[
 def storage_dtype(precision: str) -> str:
     # numpy has no bfloat16; normalized bf16 values fit float16 (more mantissa bits, ample range).
     return "float32" if precision == "fp32" else "float16"
+
+
+# ---- running a command ----------------------------------------------------------------------------
+
+
+def run_command(command: str, func: Any, args: argparse.Namespace) -> int:
+    """Run a command's function; a user-facing error (`ClipforgeError`), an OS error (disk full, no
+    permission) or Ctrl-C ends in one line on stderr and a non-zero exit, never a traceback.
+    CLIPFORGE_DEBUG=1 re-raises, for the traceback. Any other exception is a bug and shows its traceback.
+    """
+    from clipforge.errors import ClipforgeError
+
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print(f"clipforge {command}: interrupted", file=sys.stderr)
+        return 130
+    except (ClipforgeError, OSError) as err:
+        if os.environ.get("CLIPFORGE_DEBUG"):
+            raise
+        print(f"clipforge {command}: error: {printable(_describe(err))}", file=sys.stderr)
+        return 1
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        where = f" writing {err.filename}" if err.filename else ""
+        return f"no space left on the device{where}; free some space and run the command again (finished work is kept)"
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+# ---- images, lists and batches -------------------------------------------------------------------
+
+
+def add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image files, folders (searched recursively), glob patterns or list files")
+
+
+def image_inputs(args: argparse.Namespace) -> list["SourceItem"]:
+    """The images the IMAGE arguments name, in order, each once (clipforge.sources.read_sources).
+    Raises `SourceError` (one line) when there is nothing to do."""
+    from clipforge.sources import read_sources
+
+    return [item for item in read_sources(args.images) if item.path is not None]
+
+
+def add_batch_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=64, help="images (and texts) per batch (default 64)")
+
+
+def read_list(inline: Optional[str], file: Optional[str], what: str) -> list[str]:
+    """Items from a comma-separated string or a file with one per line (blank lines skipped)."""
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():  # a FIFO or a device would block or never end
+            raise InvalidInputError(f"{what} file {file!r} is not a regular file")
+        items = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    elif inline is not None:
+        items = [item.strip() for item in inline.split(",")]
+    else:
+        raise InvalidInputError(f"no {what} given")
+    items = [item for item in items if item]
+    if not items:
+        raise InvalidInputError(f"the {what} list is empty")
+    return items
+
+
+def image_batches(
+    items: list["SourceItem"], preprocess: "Preprocess", batch_size: int, command: str
+) -> Iterator[tuple["ImageBatch", Any]]:
+    """`(batch, progress_bar)` over the items' images; bad files are reported on stderr as they come
+    (batch.errors name them) and skipped.
+
+    A progress bar (stderr, only on a terminal) appears when there is more than one batch of work.
+    Small jobs decode in this process: starting DataLoader workers costs more than it saves.
+    """
+    from tqdm.auto import tqdm
+
+    from clipforge.image import iter_image_batches
+
+    if batch_size < 1:
+        raise InvalidInputError(f"--batch-size must be >= 1, got {batch_size}")
+    many = len(items) > batch_size
+    workers = None if many else 0
+    sources = [item.image_source() for item in items]
+    with tqdm(total=len(items), unit="image", disable=None if many else True, file=sys.stderr) as bar:
+        for batch in iter_image_batches(sources, preprocess, batch_size=batch_size, num_workers=workers):
+            for _, name, error in batch.errors:
+                tqdm.write(f"clipforge {command}: skipped {printable(name)}: {printable(error.reason)} [{error.code}]",
+                           file=sys.stderr)
+            yield batch, bar
+            bar.update(len(batch.indices) + len(batch.errors))
+
+
+def error_entry(path: str, error: Any) -> dict[str, Any]:
+    return {"path": path, "error": {"code": error.code, "message": error.reason}}
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `embed` and `index` share: batch size, decoding workers, shard size, progress."""
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="image decoding processes (default: up to 8, one per CPU; 0: in this process)")
+    parser.add_argument("--shard-size", type=int, default=10000, help="items per output shard (default 10000)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# ---- printing untrusted text ---------------------------------------------------------------------
+
+# Unicode categories that must not reach a terminal raw: control characters (escape sequences),
+# format characters (right-to-left overrides, zero-width joiners), line/paragraph separators.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def printable(text: str) -> str:
+    """`text` safe to print on a terminal: control and bidi-override characters as \\uXXXX, bytes of a
+    file name that is not valid UTF-8 (lone surrogates from os.fsdecode) as \\xNN."""
+    out = []
+    for ch in str(text):
+        if "\udc80" <= ch <= "\udcff":
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif ch != "\t" and unicodedata.category(ch) in _UNPRINTABLE:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def json_text(data: Any) -> str:
+    """JSON that is valid UTF-8 and safe on a terminal whatever it holds: non-ASCII text as is, but a
+    file name's undecodable bytes (lone surrogates, which json.loads and os.fsencode turn back into
+    those bytes) and control or bidi-override characters as \\uXXXX escapes."""
+    text = json.dumps(data, ensure_ascii=False)
+    return "".join(f"\\u{ord(ch):04x}" if unicodedata.category(ch) in _UNPRINTABLE else ch for ch in text)

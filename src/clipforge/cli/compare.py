@@ -7,8 +7,16 @@ import os
 import sys
 from typing import Any
 
-from clipforge.cli.classify import add_batch_argument, image_batches, read_list
-from clipforge.cli.common import add_model_arguments, load_model
+from clipforge.cli.common import (
+    add_batch_argument,
+    add_image_arguments,
+    add_model_arguments,
+    image_batches,
+    image_inputs,
+    load_model,
+    printable,
+    read_list,
+)
 
 EXAMPLE = """examples:
   clipforge compare cat.jpg diagram.png --texts "a diagram,a dog,a cat" --model ViT-B-32 --weights openai
@@ -30,7 +38,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    add_image_arguments(p)
     texts = p.add_mutually_exclusive_group(required=True)
     texts.add_argument("--texts", help='comma-separated texts, e.g. "a diagram,a dog,a cat"')
     texts.add_argument("--texts-file", metavar="FILE", help="text file with one text per line (texts may contain commas)")
@@ -48,10 +56,11 @@ def run(args: argparse.Namespace) -> int:
     texts = read_list(args.texts, args.texts_file, "texts")
     model, preprocess, tokenizer = load_model(args)
     tokens = tokenizer(texts)
-    paths = [os.fspath(p) for p in args.images]
+    items = image_inputs(args)
+    paths = [item.path for item in items]
     good: list[str] = []
     rows: list[torch.Tensor] = []
-    for batch, _ in image_batches(paths, preprocess, args.batch_size, "compare"):
+    for batch, _ in image_batches(items, preprocess, args.batch_size, "compare"):
         if batch.indices:
             rows.append(similarity_matrix(model, batch.pixels, tokens).cpu())
             good.extend(paths[i] for i in batch.indices)
@@ -59,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         print("clipforge compare: no image could be read", file=sys.stderr)
         return 1
     matrix = torch.cat(rows)  # [n_good_images, n_texts]
-    print(format_table(matrix, _names(good), texts))
+    print(format_table(matrix, [printable(n) for n in _names(good)], [printable(t) for t in texts]))
     if args.png:
         plot_similarity(matrix, good, texts, args.png)
         print(f"clipforge compare: wrote {args.png}", file=sys.stderr)

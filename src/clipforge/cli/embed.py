@@ -10,7 +10,13 @@ import os
 import sys
 from typing import Any
 
-from clipforge.cli.common import add_model_arguments, load_model, storage_dtype
+from clipforge.cli.common import (
+    add_model_arguments,
+    add_run_arguments,
+    load_model,
+    storage_dtype,
+)
+from clipforge.errors import MissingFileError
 
 EPILOG = """examples:
   clipforge embed photos/ --out emb/ --model ViT-B-32 --weights openai
@@ -21,21 +27,13 @@ EPILOG = """examples:
 Run the same command again after an interruption: it resumes where it stopped.
 """
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="image decoding processes (default: up to 8, one per CPU; 0: in this process)")
-    parser.add_argument("--shard-size", type=int, default=10000, help="items per output shard (default 10000)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
 def _run(args: argparse.Namespace) -> int:
-    from clipforge.tasks.embedding import embed
     from clipforge.sources import source_kind
+    from clipforge.tasks.embedding import embed
 
     # Fail on a mistyped SOURCE before spending time loading the model.
     if source_kind(args.source) != "webdataset" and not os.path.exists(args.source):
-        raise FileNotFoundError(f"source {args.source!r} does not exist")
+        raise MissingFileError(f"source {args.source!r} does not exist")
 
     model, preprocess, tokenizer = load_model(args)
     summary = embed(

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from clipforge.cli.common import add_model_arguments, load_model
+from clipforge.errors import InvalidInputError, MissingFileError
 
 EXAMPLE = """examples:
   clipforge evaluate --model ViT-B-32 --weights openai --data data/openclipart
@@ -45,9 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
     split = Path(args.data) / f"{args.split}.jsonl"
     if not split.is_file():
-        raise FileNotFoundError(f"{split} not found (build the data set with `clipforge dataset openclipart --out {args.data}`)")
+        raise MissingFileError(f"{split} not found (build the data set with `clipforge dataset openclipart --out {args.data}`)")
     if args.curves and not args.report:
-        raise ValueError("--curves needs --report OUT_DIR")
+        raise InvalidInputError("--curves needs --report OUT_DIR")
     model, preprocess, tokenizer = load_model(args)
     metrics = evaluate(
         model, preprocess, tokenizer, split, Path(args.classes) if args.classes else None,

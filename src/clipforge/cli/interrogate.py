@@ -6,12 +6,12 @@ torch and the model code are imported inside `run`, so registering the command c
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Optional
 
-from clipforge.cli.common import add_model_arguments, load_model
+from clipforge.cli.common import add_model_arguments, json_text, load_model, printable
+from clipforge.errors import InvalidInputError
 
 # Kept here as text (not imported from the task module) so that `clipforge --help` stays torch-free.
 DEFAULT_TABLES = "mediums,movements,subjects,styles"
@@ -39,7 +39,7 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (searched recursively)")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, folders (searched recursively), glob patterns or list files")
     p.add_argument("--tables", default=DEFAULT_TABLES, metavar="NAMES",
                    help=f"default tables to use, comma-separated (default {DEFAULT_TABLES}; 'none' for only --table ones)")
     p.add_argument("--table", action="append", default=[], metavar="NAME=FILE",
@@ -63,23 +63,24 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 def parse_tables(tables: str, extra: list[str]) -> dict[str, list[str]]:
     """--tables names and --table NAME=FILE entries -> {name: phrases} (a user table replaces a default one)."""
-    from clipforge.tasks.interrogation import DEFAULT_TABLES as NAMES, load_default_table, read_table
+    from clipforge.tasks.interrogation import DEFAULT_TABLES as NAMES
+    from clipforge.tasks.interrogation import load_default_table, read_table
 
     names = [n.strip() for n in tables.split(",") if n.strip()]
     if names == ["none"]:
         names = []
     unknown = [n for n in names if n not in NAMES]
     if unknown:
-        raise ValueError(f"--tables: unknown table(s) {', '.join(unknown)}; the default tables are {', '.join(NAMES)} "
+        raise InvalidInputError(f"--tables: unknown table(s) {', '.join(unknown)}; the default tables are {', '.join(NAMES)} "
                          "(use --table NAME=FILE for your own)")
     result = {name: load_default_table(name) for name in names}
     for entry in extra:
         name, sep, file = entry.partition("=")
         if not sep or not name.strip() or not file:
-            raise ValueError(f"--table wants NAME=FILE, got {entry!r}")
+            raise InvalidInputError(f"--table wants NAME=FILE, got {entry!r}")
         result[name.strip()] = read_table(file)
     if not result:
-        raise ValueError("no label tables: give --tables and/or --table NAME=FILE")
+        raise InvalidInputError("no label tables: give --tables and/or --table NAME=FILE")
     return result
 
 
@@ -89,9 +90,9 @@ def run(args: argparse.Namespace) -> int:
     from clipforge.tasks.interrogation import Interrogator, interrogate_files
 
     if args.max_phrases is not None and args.max_phrases < 1:
-        raise ValueError(f"--max-phrases must be >= 1, got {args.max_phrases}")
+        raise InvalidInputError(f"--max-phrases must be >= 1, got {args.max_phrases}")
     if args.top_k < 1 or args.candidates < 1 or args.batch_size < 1:
-        raise ValueError("--top-k, --candidates and --batch-size must be >= 1")
+        raise InvalidInputError("--top-k, --candidates and --batch-size must be >= 1")
     tables = parse_tables(args.tables, args.table)
     subject_tables = [t.strip() for t in args.subject_tables.split(",") if t.strip()]
     progress = not args.no_progress and sys.stderr.isatty()
@@ -109,11 +110,11 @@ def run(args: argparse.Namespace) -> int:
     single = len(args.inputs) == 1 and not has_folder
 
     def on_error(path: str, code: str, reason: str) -> None:
-        tqdm.write(f"clipforge interrogate: skipped {path}: {reason} [{code}]", file=sys.stderr)
+        tqdm.write(f"clipforge interrogate: skipped {printable(path)}: {printable(reason)} [{code}]", file=sys.stderr)
 
     def on_result(path: str, result: Any) -> None:
         if not args.json:
-            tqdm.write(result.prompt if single else f"{path}\t{result.prompt}", file=sys.stdout)
+            tqdm.write(result.prompt if single else f"{printable(path)}\t{result.prompt}", file=sys.stdout)
 
     report = interrogate_files(
         interrogator, args.inputs, args.out_dir, write=write, overwrite=args.overwrite, max_phrases=args.max_phrases,
@@ -128,8 +129,8 @@ def run(args: argparse.Namespace) -> int:
                 entry["txt"] = report.written[path]
             entries.append(entry)
         entries += [{"path": p, "error": {"code": c, "message": m}} for p, c, m in report.errors]
-        print(json.dumps({"results": entries, "n_interrogated": len(report.results), "n_errors": len(report.errors),
-                          "n_existing": len(report.existing)}, ensure_ascii=False))
+        print(json_text({"results": entries, "n_interrogated": len(report.results), "n_errors": len(report.errors),
+                         "n_existing": len(report.existing)}))
     summary = _summary(report, write)
     if summary and not single:
         print(f"clipforge interrogate: {summary}", file=sys.stderr)

@@ -62,12 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from clipforge.cli.common import run_command
+
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"clipforge {args.command}: error: {err}", file=sys.stderr)
-        return 1
+    return run_command(args.command, args.func, args)
 
 
 if __name__ == "__main__":

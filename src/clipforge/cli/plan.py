@@ -23,7 +23,11 @@ GPUs (dense datasheet peaks; docs/plan.md): {gpus}, or cpu.
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `plan` on the `clipforge` command's subparsers."""
     from clipforge.planning.hardware import ALIASES, GPUS
-    from clipforge.planning.plan import DEFAULT_CPU_MFU, DEFAULT_GLOBAL_BATCH, DEFAULT_MFU
+    from clipforge.planning.plan import (
+        DEFAULT_CPU_MFU,
+        DEFAULT_GLOBAL_BATCH,
+        DEFAULT_MFU,
+    )
 
     p = subparsers.add_parser(
         "plan", help="size a training run: FLOPs, GPU-hours, days, memory per GPU, storage",

@@ -6,11 +6,18 @@ torch and the model code are imported inside the command, so `clipforge --help` 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
-from clipforge.cli.common import add_model_arguments, load_model
+from clipforge.cli.common import (
+    add_image_arguments,
+    add_model_arguments,
+    image_inputs,
+    json_text,
+    load_model,
+    printable,
+)
+from clipforge.errors import InvalidInputError
 
 EPILOG = """examples:
   clipforge score --model ViT-B-32 --weights openai cat.png dog.png --texts "a cat" "a dog"
@@ -28,7 +35,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "score", help="CLIP score of images against captions",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    add_image_arguments(p)
     p.add_argument("--texts", nargs="+", required=True, metavar="TEXT",
                    help="one caption per image, or one for all (give it after the images)")
     add_model_arguments(p)
@@ -42,20 +49,21 @@ def run(args: argparse.Namespace) -> int:
     from clipforge.image import ImageLoadError, load_image
     from clipforge.tasks.scoring import clip_score
 
-    if len(args.texts) not in (1, len(args.images)):
-        raise ValueError(f"got {len(args.images)} images and {len(args.texts)} texts: give one text per image, or one")
-    all_texts = list(args.texts) * (len(args.images) if len(args.texts) == 1 else 1)
+    items = image_inputs(args)
+    if len(args.texts) not in (1, len(items)):
+        raise InvalidInputError(f"got {len(items)} images and {len(args.texts)} texts: give one text per image, or one")
+    all_texts = list(args.texts) * (len(items) if len(args.texts) == 1 else 1)
     paths, images, texts = [], [], []
-    for path, text in zip(args.images, all_texts):
+    for item, text in zip(items, all_texts):
         try:
-            images.append(load_image(path))
+            images.append(load_image(item.image_source()))
         except ImageLoadError as err:  # reported and skipped; the other pairs are still scored
-            print(f"skipped {path}: {err.code}: {err.reason}", file=sys.stderr)
+            print(f"clipforge score: skipped {printable(item.path)}: {printable(err.reason)} [{err.code}]", file=sys.stderr)
             continue
-        paths.append(path)
+        paths.append(item.path)
         texts.append(text)
     if not images:
-        raise ValueError("no readable image to score")
+        raise InvalidInputError("no readable image to score")
     model, preprocess, tokenizer = load_model(args)
     scores = clip_score(model, images, texts, definition=args.definition, preprocess=preprocess, tokenizer=tokenizer)
 
@@ -68,11 +76,11 @@ def run(args: argparse.Namespace) -> int:
         ]
         result["mean"] = float(scores.mean())
     if args.json:
-        print(json.dumps(result, ensure_ascii=False))
+        print(json_text(result))
     elif "score" in result:
         print(f"{result['score']:.4f}\t({args.definition}, {len(images)} pairs)")
     else:
         for row in result["scores"]:
-            print(f"{row['score']:.4f}\t{row['image']}\t{row['text']}")
+            print(f"{row['score']:.4f}\t{printable(row['image'])}\t{printable(row['text'])}")
         print(f"{result['mean']:.4f}\tmean ({args.definition}, {len(images)} pairs)")
     return 0

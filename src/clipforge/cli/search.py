@@ -11,8 +11,14 @@ import argparse
 import sys
 from typing import Any
 
-from clipforge.cli.common import add_model_arguments, load_model, model_reference, storage_dtype
-from clipforge.cli.embed import add_run_arguments
+from clipforge.cli.common import (
+    add_model_arguments,
+    add_run_arguments,
+    load_model,
+    model_reference,
+    storage_dtype,
+)
+from clipforge.errors import InvalidInputError
 
 BACKEND_CHOICES = ("exact", "faiss-ivf", "faiss-hnsw")
 
@@ -60,16 +66,16 @@ def _run_search(args: argparse.Namespace) -> int:
     )
 
     if (args.query is None) == (args.image is None):
-        raise ValueError("give either a text QUERY or --image FILE (one of them)")
+        raise InvalidInputError("give either a text QUERY or --image FILE (one of them)")
     if args.k < 1:
-        raise ValueError(f"-k must be >= 1, got {args.k}")
+        raise InvalidInputError(f"-k must be >= 1, got {args.k}")
     index = SearchIndex(args.index)
     stored = index.model
     reference = model_reference(args) if args.model else {
         key: stored.get(key) for key in ("name_or_path", "weights", "arch")
     }
     if not reference["name_or_path"]:
-        raise ValueError(f"{args.index} does not record how to load its model; pass --model (and --weights/--arch)")
+        raise InvalidInputError(f"{args.index} does not record how to load its model; pass --model (and --weights/--arch)")
     model, preprocess, tokenizer = load_model(args, reference)
     check_model(stored, {**reference, **model_fingerprint(model, tokenizer)}, f"index {args.index}")
 

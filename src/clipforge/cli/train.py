@@ -11,6 +11,8 @@ import logging
 import sys
 from typing import Any
 
+from clipforge.cli.common import run_command
+
 EPILOG = """examples:
   clipforge train run.toml
   clipforge train run.toml --set optim.lr=1e-4 --set batch_size=128 --set precision="bf16"
@@ -85,7 +87,7 @@ def main(argv: Any = None) -> int:
     parser = argparse.ArgumentParser(prog="clipforge train", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_command("train", run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,6 +22,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from clipforge.errors import ClipforgeError, ClipforgeRuntimeError, InvalidInputError
 from clipforge.image import Preprocess
 from clipforge.models import ClipModel
 from clipforge.text import Tokenizer
@@ -29,7 +30,7 @@ from clipforge.text import Tokenizer
 __all__ = ["load", "tokenize", "available_models", "OpenAIClipModel", "TokenizeError"]
 
 
-class TokenizeError(RuntimeError, ValueError):
+class TokenizeError(ClipforgeError, RuntimeError, ValueError):
     """A text does not fit the context (OpenAI raises RuntimeError; clipforge's tokenizer ValueError)."""
 
 
@@ -71,7 +72,7 @@ def load(
     from clipforge.model_zoo import OPENAI_MODEL_NAMES
 
     if jit:
-        raise ValueError(
+        raise InvalidInputError(
             "clipforge.compat.clip.load(jit=True) is not supported: clipforge makes no TorchScript models. "
             "Use jit=False (the default; same outputs) and torch.compile(model) if you want a compiled model."
         )
@@ -84,7 +85,7 @@ def load(
     elif Path(os.fspath(name)).expanduser().exists():
         model, preprocess, _ = clipforge.load(name, device=device)
     else:
-        raise RuntimeError(f"Model {name} not found; available models = {available_models()}")
+        raise ClipforgeRuntimeError(f"Model {name} not found; available models = {available_models()}")
     return _as_openai_model(model), preprocess
 
 

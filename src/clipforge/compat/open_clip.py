@@ -33,6 +33,7 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
+from clipforge.errors import InvalidInputError
 from clipforge.image import Preprocess
 from clipforge.models import ClipModel
 from clipforge.models.vision_transformer import VisionTransformer
@@ -220,12 +221,12 @@ def _create(
 
     _check_options(kwargs)
     if jit:
-        raise ValueError("jit=True is not supported: clipforge makes no TorchScript models (use torch.compile(model))")
+        raise InvalidInputError("jit=True is not supported: clipforge makes no TorchScript models (use torch.compile(model))")
     if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+        raise InvalidInputError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
     dtype = _PRECISIONS[precision]
     if require_pretrained and (pretrained is None or not load_weights):
-        raise ValueError(f"require_pretrained=True but no pretrained weights were given for {model_name!r}")
+        raise InvalidInputError(f"require_pretrained=True but no pretrained weights were given for {model_name!r}")
 
     if model_name.startswith(HF_HUB_PREFIX):
         model, preprocess, _ = clipforge.load(model_name[len(HF_HUB_PREFIX):], device=device, dtype=dtype)
@@ -248,7 +249,7 @@ def _check_options(kwargs: dict[str, Any]) -> None:
         raise TypeError(f"unexpected arguments for clipforge.compat.open_clip: {unknown}")
     changed = {k: v for k, v in kwargs.items() if not _is_default(k, v)}
     if changed:
-        raise ValueError(
+        raise InvalidInputError(
             f"clipforge.compat.open_clip does not support {changed}: these change the architecture or the "
             "training transforms, which clipforge does not build; leave them at open_clip's defaults"
         )

@@ -26,7 +26,12 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from clipforge.atomic_files import atomic_write_text
-from clipforge.datasets.debian_packages import SourceUnavailable, extract_deb, fetch_debs, newest_deb
+from clipforge.datasets.debian_packages import (
+    SourceUnavailable,
+    extract_deb,
+    fetch_debs,
+    newest_deb,
+)
 from clipforge.datasets.openclipart_captions import (
     CLASS_NAMES,
     EXCLUDED_CATEGORIES,
@@ -38,6 +43,7 @@ from clipforge.datasets.openclipart_captions import (
     read_svg_metadata,
     with_category,
 )
+from clipforge.errors import InvalidInputError
 
 __all__ = [
     "PACKAGES",
@@ -440,9 +446,9 @@ def build(
     max_pixels: larger PNGs are skipped ("decompression_bomb"); None decodes everything.
     """
     if image_size < 8:
-        raise ValueError(f"image_size must be >= 8, got {image_size}")
+        raise InvalidInputError(f"image_size must be >= 8, got {image_size}")
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
+        raise InvalidInputError(f"limit must be >= 1, got {limit}")
     started = time.monotonic()
     out = Path(out_dir)
     tree = locate_sources(source, cache_dir)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 import torch
 
 from clipforge.encoding import encode_images, encode_texts
+from clipforge.errors import InvalidInputError
 from clipforge.evaluation.metrics import retrieval_metrics, zero_shot_metrics
 
 if TYPE_CHECKING:
@@ -29,13 +30,13 @@ def read_split(split_jsonl: PathLike) -> list[dict[str, Any]]:
     records = []
     for item in read_table(split_jsonl):
         if item.problem is not None:
-            raise ValueError(item.problem)
+            raise InvalidInputError(item.problem)
         caption = item.caption[0] if isinstance(item.caption, tuple) else item.caption
         if item.path is None or caption is None:
-            raise ValueError(f"{item.where}: expected an image path and a caption")
+            raise InvalidInputError(f"{item.where}: expected an image path and a caption")
         records.append({**item.fields, "image": item.path, "caption": caption})
     if not records:
-        raise ValueError(f"{split_jsonl}: no records")
+        raise InvalidInputError(f"{split_jsonl}: no records")
     return records
 
 
@@ -79,7 +80,7 @@ def evaluate(
         n_errors = len(records) - len(kept)
         records = [records[i] for i in kept]
         if not records:
-            raise ValueError(f"{split_jsonl}: no image could be read")
+            raise InvalidInputError(f"{split_jsonl}: no image could be read")
         texts = sorted({r["caption"] for r in records})
         row_of = {text: i for i, text in enumerate(texts)}
         text_features = encode_texts(model, tokenizer, texts, batch_size=batch_size)
@@ -101,7 +102,7 @@ def _read_classes(path: PathLike) -> dict[str, Any]:
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     names = data.get("classnames")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{path}: 'classnames' must be a non-empty list of strings")
+        raise InvalidInputError(f"{path}: 'classnames' must be a non-empty list of strings")
     templates = data.get("templates") or ["{}"]
     return {"classnames": names, "templates": templates}
 
@@ -129,7 +130,7 @@ def _zero_shot(
     n_classes = len(classes["classnames"])
     labels = torch.tensor([int(r.get("label", -1)) for r in records], dtype=torch.long)
     if int(labels.max()) >= n_classes:
-        raise ValueError(f"a label ({int(labels.max())}) is outside the {n_classes} classes of classes.json")
+        raise InvalidInputError(f"a label ({int(labels.max())}) is outside the {n_classes} classes of classes.json")
     labelled = (labels >= 0).nonzero().flatten()
     counts = {"zero_shot_n_images": float(len(labelled)), "zero_shot_n_classes": float(n_classes)}
     if len(labelled) == 0:

@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from clipforge.errors import InvalidInputError
+
 __all__ = [
     "ranks",
     "recall_at_k",
@@ -38,11 +40,11 @@ def ranks(similarity: torch.Tensor, positives: Optional[torch.Tensor] = None) ->
     A query whose correct score is NaN gets rank n_candidates (never a hit).
     """
     if similarity.dim() != 2:
-        raise ValueError(f"similarity must be [n_queries, n_candidates], got shape {tuple(similarity.shape)}")
+        raise InvalidInputError(f"similarity must be [n_queries, n_candidates], got shape {tuple(similarity.shape)}")
     n_queries, n_candidates = similarity.shape
     mask = _positive_mask(positives, n_queries, n_candidates, similarity.device)
     if not bool(mask.any(dim=1).all()):
-        raise ValueError("every query needs at least one correct candidate")
+        raise InvalidInputError("every query needs at least one correct candidate")
     out = torch.empty(n_queries, dtype=torch.long, device=similarity.device)
     for start in range(0, n_queries, _CHUNK):
         scores = similarity[start : start + _CHUNK].float()
@@ -58,7 +60,7 @@ def ranks(similarity: torch.Tensor, positives: Optional[torch.Tensor] = None) ->
 def recall_at_k(similarity: torch.Tensor, k: int, positives: Optional[torch.Tensor] = None) -> float:
     """Fraction of queries with a correct candidate among the top k (see `ranks` for `positives`)."""
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise InvalidInputError(f"k must be >= 1, got {k}")
     return float((ranks(similarity, positives) < k).float().mean())
 
 
@@ -83,7 +85,7 @@ def retrieval_metrics(
     n_images, n_texts = image_features.shape[0], text_features.shape[0]
     if text_index is None:
         if n_images != n_texts:
-            raise ValueError(f"{n_images} images but {n_texts} texts: pass text_index to pair them")
+            raise InvalidInputError(f"{n_images} images but {n_texts} texts: pass text_index to pair them")
         text_index = torch.arange(n_images)
     text_index = text_index.to(image_features.device).long()
     similarity = image_features.float() @ text_features.float().t()  # [n_images, n_texts]
@@ -102,7 +104,7 @@ def retrieval_metrics(
 def chance_levels(labels: torch.Tensor, n_classes: int) -> tuple[float, float]:
     """(uniform, majority): 1 / n_classes, and the accuracy of always answering the most frequent label."""
     if n_classes < 1:
-        raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+        raise InvalidInputError(f"n_classes must be >= 1, got {n_classes}")
     if labels.numel() == 0:
         return 1.0 / n_classes, 0.0
     counts = torch.bincount(labels.long().flatten(), minlength=n_classes)
@@ -128,10 +130,10 @@ def zero_shot_metrics(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[i
     top-k for k >= n_classes is 1 by definition; it is still reported, so keys do not depend on the data.
     """
     if logits.dim() != 2 or logits.shape[0] != labels.shape[0]:
-        raise ValueError(f"logits must be [n, n_classes] matching labels [n], got {tuple(logits.shape)} and {tuple(labels.shape)}")
+        raise InvalidInputError(f"logits must be [n, n_classes] matching labels [n], got {tuple(logits.shape)} and {tuple(labels.shape)}")
     n_classes = logits.shape[1]
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
-        raise ValueError(f"labels must lie in [0, {n_classes}), got [{int(labels.min())}, {int(labels.max())}]")
+        raise InvalidInputError(f"labels must lie in [0, {n_classes}), got [{int(labels.min())}, {int(labels.max())}]")
     uniform, majority = chance_levels(labels, n_classes)
     out = {f"zero_shot_top{k}": topk_accuracy(logits, labels, k) for k in ks}
     out["zero_shot_mean_per_class_top1"] = mean_per_class_accuracy(logits, labels)
@@ -143,17 +145,17 @@ def zero_shot_metrics(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[i
 def _positive_mask(positives: Optional[torch.Tensor], n_queries: int, n_candidates: int, device: torch.device) -> torch.Tensor:
     if positives is None:
         if n_queries > n_candidates:
-            raise ValueError(f"diagonal positives need n_queries <= n_candidates, got {n_queries} x {n_candidates}")
+            raise InvalidInputError(f"diagonal positives need n_queries <= n_candidates, got {n_queries} x {n_candidates}")
         positives = torch.arange(n_queries, device=device)
     positives = positives.to(device)
     if positives.dtype == torch.bool:
         if positives.shape != (n_queries, n_candidates):
-            raise ValueError(f"positive mask must be [{n_queries}, {n_candidates}], got {tuple(positives.shape)}")
+            raise InvalidInputError(f"positive mask must be [{n_queries}, {n_candidates}], got {tuple(positives.shape)}")
         return positives
     if positives.shape != (n_queries,):
-        raise ValueError(f"positive indices must be [{n_queries}], got {tuple(positives.shape)}")
+        raise InvalidInputError(f"positive indices must be [{n_queries}], got {tuple(positives.shape)}")
     if n_queries and (int(positives.min()) < 0 or int(positives.max()) >= n_candidates):
-        raise ValueError(f"positive indices must lie in [0, {n_candidates})")
+        raise InvalidInputError(f"positive indices must lie in [0, {n_candidates})")
     mask = torch.zeros(n_queries, n_candidates, dtype=torch.bool, device=device)
     mask[torch.arange(n_queries, device=device), positives.long()] = True
     return mask

@@ -14,7 +14,14 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from clipforge.image.files import DEFAULT_MAX_PIXELS, ImageLoadError, ImageSource, image_name, load_image
+from clipforge.errors import InvalidInputError
+from clipforge.image.files import (
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    ImageSource,
+    image_name,
+    load_image,
+)
 from clipforge.image.preprocess import Preprocess
 
 __all__ = ["ImageBatch", "ImageFileDataset", "iter_image_batches"]
@@ -106,7 +113,7 @@ def iter_image_batches(
     every path is accounted for exactly once, in `indices` or in `errors`.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
     if num_workers is None:
         num_workers = min(8, os.cpu_count() or 1)
     dataset = ImageFileDataset(paths, preprocess, max_pixels=max_pixels, draft=draft)

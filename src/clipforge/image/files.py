@@ -25,7 +25,7 @@ from typing import BinaryIO, Collection, Optional, Union
 
 from PIL import Image
 
-from clipforge.errors import ClipforgeError
+from clipforge.errors import ClipforgeError, InvalidInputError
 
 __all__ = ["ImageLoadError", "ImageRef", "load_image", "DEFAULT_MAX_PIXELS", "SUPPORTED_MODES", "ERROR_CODES", "FORMATS"]
 
@@ -72,7 +72,7 @@ class ImageRef:
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.data is None):
-            raise ValueError("an ImageRef needs exactly one of `path` (with offset/size) or `data`")
+            raise InvalidInputError("an ImageRef needs exactly one of `path` (with offset/size) or `data`")
 
 
 ImageSource = Union[PathLike, ImageRef]

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from clipforge.configs import PreprocessConfig
+from clipforge.errors import InvalidInputError
 
 __all__ = ["Preprocess", "resized_shortest_side", "to_8bit", "composite_on_white", "has_alpha"]
 
@@ -102,13 +103,13 @@ class Preprocess:
         hf_backend: Literal["torchvision", "pil"] = "torchvision",
     ) -> None:
         if config.mode not in ("openai", "hf"):
-            raise ValueError(f"PreprocessConfig.mode must be 'openai' or 'hf', got {config.mode!r}")
+            raise InvalidInputError(f"PreprocessConfig.mode must be 'openai' or 'hf', got {config.mode!r}")
         if config.interpolation not in _PIL_FILTERS:
-            raise ValueError(f"interpolation must be one of {sorted(_PIL_FILTERS)}, got {config.interpolation!r}")
+            raise InvalidInputError(f"interpolation must be one of {sorted(_PIL_FILTERS)}, got {config.interpolation!r}")
         if hf_backend not in ("torchvision", "pil"):
-            raise ValueError(f"hf_backend must be 'torchvision' or 'pil', got {hf_backend!r}")
+            raise InvalidInputError(f"hf_backend must be 'torchvision' or 'pil', got {hf_backend!r}")
         if config.image_size < 1:
-            raise ValueError(f"image_size must be positive, got {config.image_size}")
+            raise InvalidInputError(f"image_size must be positive, got {config.image_size}")
         self.config = config
         self.alpha_on_white = (config.mode == "hf") if alpha_on_white is None else bool(alpha_on_white)
         self.exif_transpose = exif_transpose

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipforge.configs import ClipConfig, ResNetConfig
+from clipforge.errors import InvalidInputError
 from clipforge.models.modified_resnet import ModifiedResNet
 from clipforge.models.vision_transformer import VisionTransformer
 from clipforge.nn import LayerNorm, Transformer
@@ -104,9 +105,9 @@ class ClipModel(nn.Module):
 
     def _check_tokens(self, tokens: torch.Tensor) -> None:
         if tokens.dim() != 2:
-            raise ValueError(f"tokens must be [batch, length], got shape {tuple(tokens.shape)}")
+            raise InvalidInputError(f"tokens must be [batch, length], got shape {tuple(tokens.shape)}")
         if tokens.shape[1] > self.positional_embedding.shape[0]:
-            raise ValueError(
+            raise InvalidInputError(
                 f"tokens have length {tokens.shape[1]}, the model's context length is "
                 f"{self.positional_embedding.shape[0]}"
             )

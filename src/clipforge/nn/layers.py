@@ -16,6 +16,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from clipforge.configs import Activation
+from clipforge.errors import InvalidInputError
 
 
 class LayerNorm(nn.LayerNorm):
@@ -39,7 +40,7 @@ def make_activation(name: Activation) -> nn.Module:
         return QuickGELU()
     if name == "gelu":
         return nn.GELU()
-    raise ValueError(f"unknown activation {name!r}; expected 'quick_gelu' or 'gelu'")
+    raise InvalidInputError(f"unknown activation {name!r}; expected 'quick_gelu' or 'gelu'")
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def attend(
     q, k, v = qkv.unbind(0)  # each [batch, heads, length, head_width]
     if last_token_only:
         if packing is None or not is_causal:
-            raise ValueError("last_token_only needs a causal mask and a TokenPacking")
+            raise InvalidInputError("last_token_only needs a causal mask and a TokenPacking")
         last = packing.lengths - 1
         q = q[torch.arange(batch, device=q.device), :, last].unsqueeze(2)  # [batch, heads, 1, head_width]
         visible = torch.arange(length, device=q.device) <= last[:, None]  # the causal mask's row
@@ -122,7 +123,7 @@ class SelfAttention(nn.Module):
     def __init__(self, width: int, heads: int):
         super().__init__()
         if width % heads:
-            raise ValueError(f"width {width} is not divisible by heads {heads}")
+            raise InvalidInputError(f"width {width} is not divisible by heads {heads}")
         self.heads = heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))

@@ -9,7 +9,15 @@ This package imports no torch at module level (only `--gpu cpu` measures, with t
 """
 
 from clipforge.planning.flops import SampleFlops, sample_flops
-from clipforge.planning.hardware import GPUS, GpuSpec, PlanInputError, UnknownGpuError, get_gpu, list_gpus, measure_cpu
+from clipforge.planning.hardware import (
+    GPUS,
+    GpuSpec,
+    PlanInputError,
+    UnknownGpuError,
+    get_gpu,
+    list_gpus,
+    measure_cpu,
+)
 from clipforge.planning.memory import MemoryEstimate, estimate_memory, param_count
 from clipforge.planning.plan import (
     DEFAULT_CPU_MFU,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from clipforge.errors import InvalidInputError
 from clipforge.planning.hardware import get_gpu
 from clipforge.planning.plan import DEFAULT_MFU, TrainingPlan, plan_training
 
@@ -113,7 +114,7 @@ def calibrate(run: PublishedRun, mfu: float = DEFAULT_MFU) -> CalibrationRow:
     elif run.samples_per_second_per_gpu is not None:
         published_seconds_per_sample = 1 / run.samples_per_second_per_gpu
     else:
-        raise ValueError(f"{run.label}: neither GPU-hours nor throughput given")
+        raise InvalidInputError(f"{run.label}: neither GPU-hours nor throughput given")
     predicted_seconds_per_sample = 1 / plan.samples_per_second_per_gpu
     return CalibrationRow(
         run, plan,

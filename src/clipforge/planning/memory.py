@@ -40,7 +40,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from clipforge.configs import ClipConfig, ResNetConfig, TextConfig, VisionTransformerConfig
+from clipforge.configs import (
+    ClipConfig,
+    ResNetConfig,
+    TextConfig,
+    VisionTransformerConfig,
+)
 from clipforge.planning.flops import resnet_stages
 
 GB = 1e9

@@ -14,8 +14,21 @@ from typing import Any, Optional, Union
 
 from clipforge.configs import ClipConfig, ResNetConfig
 from clipforge.planning.flops import sample_flops
-from clipforge.planning.hardware import PRECISIONS, GpuSpec, PlanInputError, get_gpu, measure_cpu
-from clipforge.planning.memory import GB, MemoryEstimate, estimate_memory, loss_bytes, max_micro_batch, param_count
+from clipforge.planning.hardware import (
+    PRECISIONS,
+    GpuSpec,
+    PlanInputError,
+    get_gpu,
+    measure_cpu,
+)
+from clipforge.planning.memory import (
+    GB,
+    MemoryEstimate,
+    estimate_memory,
+    loss_bytes,
+    max_micro_batch,
+    param_count,
+)
 
 # The fraction of the GPUs' peak the run sustains on the FLOPs it executes (model FLOPs plus the
 # recomputation of gradient checkpointing and accumulation): the MFU when nothing is recomputed.

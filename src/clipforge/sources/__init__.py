@@ -24,8 +24,19 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from clipforge.errors import ClipforgeError
 from clipforge.sources.items import TAR_SEPARATOR, SourceItem, items_digest
-from clipforge.sources.tables import CAPTION_COLUMNS, IMAGE_COLUMNS, TableError, is_table, read_table
-from clipforge.sources.webdataset import expand_braces, expand_shards, index_tar, is_compressed
+from clipforge.sources.tables import (
+    CAPTION_COLUMNS,
+    IMAGE_COLUMNS,
+    TableError,
+    is_table,
+    read_table,
+)
+from clipforge.sources.webdataset import (
+    expand_braces,
+    expand_shards,
+    index_tar,
+    is_compressed,
+)
 
 if TYPE_CHECKING:
     from clipforge.image.files import ImageSource

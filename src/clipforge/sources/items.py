@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
+from clipforge.errors import InvalidInputError
+
 if TYPE_CHECKING:
     from clipforge.image.files import ImageSource
 
@@ -52,7 +54,7 @@ class SourceItem:
         from clipforge.image.files import ImageRef
 
         if self.path is None:
-            raise ValueError(f"{self.name}: the item has no image")
+            raise InvalidInputError(f"{self.name}: the item has no image")
         if self.image_data is not None:
             return ImageRef(self.path, data=self.image_data)
         if self.tar_offset is not None:

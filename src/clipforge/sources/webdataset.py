@@ -22,6 +22,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Union
 
+from clipforge.errors import MissingFileError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "CAPTION_EXTENSIONS",
@@ -78,9 +80,9 @@ def expand_shards(spec: Union[str, Sequence[str]], *, must_exist: bool = True) -
         missing = [s for s in shards if not os.path.isfile(s)]
         if missing:
             more = " ..." if len(missing) > 5 else ""
-            raise FileNotFoundError(f"WebDataset shard(s) not found: {', '.join(missing[:5])}{more}")
+            raise MissingFileError(f"WebDataset shard(s) not found: {', '.join(missing[:5])}{more}")
         if not shards:
-            raise FileNotFoundError(f"no tar files match {spec!r}")
+            raise MissingFileError(f"no tar files match {spec!r}")
     return shards
 
 

@@ -46,6 +46,7 @@ from typing import Literal, NamedTuple, Optional, Union
 
 import torch
 
+from clipforge.errors import InvalidInputError
 from clipforge.models import ClipModel
 from clipforge.text import Tokenizer
 
@@ -82,15 +83,15 @@ def get_preset(preset: Preset, encoder: Optional[int] = None) -> ConditioningPre
     """The preset for `preset` (SDXL needs `encoder`: 1 = CLIP ViT-L, 2 = OpenCLIP bigG)."""
     if preset == "sdxl":
         if encoder not in (1, 2):
-            raise ValueError(
+            raise InvalidInputError(
                 "preset 'sdxl' has two text encoders that pad differently: pass encoder=1 (CLIP ViT-L/14) "
                 f"or encoder=2 (OpenCLIP bigG/14), got {encoder!r}"
             )
         return PRESETS[f"sdxl-{encoder}"]
     if preset not in ("sd1", "sd2"):
-        raise ValueError(f"preset must be 'sd1', 'sd2' or 'sdxl', got {preset!r}")
+        raise InvalidInputError(f"preset must be 'sd1', 'sd2' or 'sdxl', got {preset!r}")
     if encoder not in (None, 1):
-        raise ValueError(f"preset {preset!r} has one text encoder; got encoder={encoder!r}")
+        raise InvalidInputError(f"preset {preset!r} has one text encoder; got encoder={encoder!r}")
     return PRESETS[preset]
 
 
@@ -118,18 +119,18 @@ def encode_prompt(
     layer_from_end = config.layer_from_end + _skip_offset(clip_skip, clip_skip_convention)
     n_layers = model.config.text.layers
     if layer_from_end > n_layers + 1:
-        raise ValueError(
+        raise InvalidInputError(
             f"clip_skip={clip_skip} ({clip_skip_convention}) asks for layer {layer_from_end} from the end; "
             f"the text tower has {n_layers} layers"
         )
     if long_prompts not in ("truncate", "chunk"):
-        raise ValueError(f"long_prompts must be 'truncate' or 'chunk', got {long_prompts!r}")
+        raise InvalidInputError(f"long_prompts must be 'truncate' or 'chunk', got {long_prompts!r}")
 
     context = model.config.text.context_length
     tokenizer = Tokenizer(context_length=context, pad=config.pad)
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
-        raise ValueError("encode_prompt needs at least one text")
+        raise InvalidInputError("encode_prompt needs at least one text")
     if long_prompts == "truncate":
         windows = tokenizer(texts).unsqueeze(1)  # [batch, 1, context]
     else:
@@ -156,17 +157,17 @@ def encode_prompt(
 def _skip_offset(clip_skip: Optional[int], convention: str) -> int:
     """How many layers before the preset's own layer `clip_skip` asks for."""
     if convention not in ("a1111", "diffusers"):
-        raise ValueError(f"clip_skip_convention must be 'a1111' or 'diffusers', got {convention!r}")
+        raise InvalidInputError(f"clip_skip_convention must be 'a1111' or 'diffusers', got {convention!r}")
     if clip_skip is None:
         return 0
     if isinstance(clip_skip, bool) or not isinstance(clip_skip, int):
         raise TypeError(f"clip_skip must be an int or None, got {type(clip_skip).__name__}")
     if convention == "a1111":
         if clip_skip < 1:
-            raise ValueError(f"A1111's CLIP skip counts from 1 (1 = no skip), got {clip_skip}")
+            raise InvalidInputError(f"A1111's CLIP skip counts from 1 (1 = no skip), got {clip_skip}")
         return clip_skip - 1
     if clip_skip < 0:
-        raise ValueError(f"diffusers' clip_skip counts from 0 (0 or None = no skip), got {clip_skip}")
+        raise InvalidInputError(f"diffusers' clip_skip counts from 0 (0 or None = no skip), got {clip_skip}")
     return clip_skip
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from clipforge.encoding import encode_images, encode_texts, model_fingerprint
+from clipforge.errors import InvalidInputError
 from clipforge.sources import SourceItem, items_digest, read_source, source_kind
 from clipforge.tasks.embedding_store import (
     EXAMPLES_PER_CODE,
@@ -115,7 +116,7 @@ def _storage_dtype(dtype: DTypeLike, model: Any) -> np.dtype:
     aliases = {"fp32": "float32", "fp16": "float16", "half": "float16", "float": "float32"}
     name = aliases.get(str(dtype), str(dtype)) if isinstance(dtype, str) else np.dtype(dtype).name
     if name not in ("float32", "float16"):
-        raise ValueError(f"embeddings are stored as float32 or float16, not {dtype!r}")
+        raise InvalidInputError(f"embeddings are stored as float32 or float16, not {dtype!r}")
     return np.dtype(name)
 
 
@@ -123,9 +124,9 @@ def _rank_and_world(rank: Optional[int], world_size: Optional[int]) -> tuple[int
     if rank is None and world_size is None:
         rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if rank is None or world_size is None:
-        raise ValueError("pass both rank and world_size, or neither (then RANK / WORLD_SIZE from torchrun are used)")
+        raise InvalidInputError("pass both rank and world_size, or neither (then RANK / WORLD_SIZE from torchrun are used)")
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        raise InvalidInputError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     return rank, world_size
 
 
@@ -238,7 +239,7 @@ def embed(
     finished one); a run with different arguments or another model is refused.
     """
     if batch_size < 1 or shard_size < 1:
-        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
+        raise InvalidInputError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
     rank, world_size = _rank_and_world(rank, world_size)
     storage = _storage_dtype(dtype, model)
     if isinstance(source, (str, os.PathLike)):

@@ -18,7 +18,7 @@ import numpy as np
 
 from clipforge.atomic_files import atomic_write, fsync_dir
 from clipforge.encoding import model_difference
-from clipforge.errors import ClipforgeError
+from clipforge.errors import ClipforgeError, InvalidInputError, MissingFileError
 
 __all__ = ["read_manifest", "read_embeddings", "read_summary", "IncompleteRunError", "CONFIG_FILE"]
 
@@ -130,7 +130,7 @@ def _complete_prefix(out_dir: Path, run: RunShape, rank: int, entries: list[dict
 def load_run(out_dir: Path) -> tuple[dict, RunShape]:
     config_path = out_dir / CONFIG_FILE
     if not config_path.exists():
-        raise FileNotFoundError(f"{out_dir} holds no embedding run ({CONFIG_FILE} is missing)")
+        raise MissingFileError(f"{out_dir} holds no embedding run ({CONFIG_FILE} is missing)")
     config = json.loads(config_path.read_text())
     return config, RunShape(config["items"], config["shard_size"], config["world_size"])
 
@@ -171,7 +171,7 @@ def read_embeddings(
     Works for single-process and multi-rank (`manifest-rank*.jsonl`) outputs alike.
     """
     if kind not in ("images", "texts"):
-        raise ValueError(f"kind must be 'images' or 'texts', got {kind!r}")
+        raise InvalidInputError(f"kind must be 'images' or 'texts', got {kind!r}")
     out = Path(out_dir)
     shard_key, row_key, label_key = ("shard", "row", "path") if kind == "images" else ("text_shard", "text_row", "caption")
     entries = [e for e in read_manifest(out, complete=complete) if shard_key in e]
@@ -228,7 +228,7 @@ def check_run_config(out: Path, wanted: dict, rank: int) -> None:
         if difference:
             problems.append(f"model: {difference}")
         if problems:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{out} already holds a different embedding run ({'; '.join(problems)}). "
                 "Resume with the same source, model and arguments, or choose a new output directory."
             )

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from clipforge.configs import PreprocessConfig
+from clipforge.errors import InvalidInputError
 from clipforge.image import Preprocess
 from clipforge.models import ClipModel
 
@@ -61,15 +62,15 @@ class ClipGuidance:
             preprocess_config = preprocess_config.config
         config = preprocess_config or PreprocessConfig(image_size=model.config.image_size)
         if config.image_size != model.config.image_size:
-            raise ValueError(f"preprocess_config is for {config.image_size}px, the model takes {model.config.image_size}px")
+            raise InvalidInputError(f"preprocess_config is for {config.image_size}px, the model takes {model.config.image_size}px")
         if input_range not in ("[-1,1]", "[0,1]"):
-            raise ValueError(f"input_range must be '[-1,1]' or '[0,1]', got {input_range!r}")
+            raise InvalidInputError(f"input_range must be '[-1,1]' or '[0,1]', got {input_range!r}")
         if config.interpolation not in ("bicubic", "bilinear"):
-            raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {config.interpolation!r}")
+            raise InvalidInputError(f"interpolation must be 'bicubic' or 'bilinear', got {config.interpolation!r}")
         if cutouts < 1:
-            raise ValueError(f"cutouts must be at least 1, got {cutouts}")
+            raise InvalidInputError(f"cutouts must be at least 1, got {cutouts}")
         if cut_power <= 0:
-            raise ValueError(f"cut_power must be positive, got {cut_power}")
+            raise InvalidInputError(f"cut_power must be positive, got {cut_power}")
         self.model = model
         self.config = config
         self.size = config.image_size
@@ -94,7 +95,7 @@ class ClipGuidance:
     def views(self, image: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Model-ready views [n_views * B, 3, S, S] (view-major: view v of image b is row v * B + b)."""
         if image.dim() != 4 or image.shape[1] != 3:
-            raise ValueError(f"image must be [batch, 3, height, width], got shape {tuple(image.shape)}")
+            raise InvalidInputError(f"image must be [batch, 3, height, width], got shape {tuple(image.shape)}")
         height, width = image.shape[-2:]
         if not self.augment:
             side = min(height, width)
@@ -140,7 +141,7 @@ class ClipGuidance:
         if text_embeds.dim() == 1:
             text_embeds = text_embeds[None]
         if text_embeds.dim() != 2 or text_embeds.shape[0] not in (1, image.shape[0]):
-            raise ValueError(f"text_embeds must be [D], [1, D] or [{image.shape[0]}, D], got {tuple(text_embeds.shape)}")
+            raise InvalidInputError(f"text_embeds must be [D], [1, D] or [{image.shape[0]}, D], got {tuple(text_embeds.shape)}")
         per_image = spherical_distance_loss(embeds, text_embeds.to(embeds.dtype)[None]).mean(dim=0)  # [B]
         if reduction == "sum":
             return per_image.sum()
@@ -148,4 +149,4 @@ class ClipGuidance:
             return per_image.mean()
         if reduction == "none":
             return per_image
-        raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got {reduction!r}")
+        raise InvalidInputError(f"reduction must be 'sum', 'mean' or 'none', got {reduction!r}")

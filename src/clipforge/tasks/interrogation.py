@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 
 from clipforge.encoding import encode_pixels, encode_texts, weights_digest
+from clipforge.errors import InvalidInputError
 from clipforge.tasks.phrase_tables import (
     DEFAULT_TABLES,
     SUBJECT_TABLES,
@@ -112,7 +113,7 @@ class Interrogator:
         progress: bool = False,
     ) -> None:
         if batch_size < 1 or candidates_per_table < 1:
-            raise ValueError(f"batch_size and candidates_per_table must be >= 1, got {batch_size}, {candidates_per_table}")
+            raise InvalidInputError(f"batch_size and candidates_per_table must be >= 1, got {batch_size}, {candidates_per_table}")
         self.model = model
         self.preprocess = preprocess
         self.tokenizer = tokenizer
@@ -123,10 +124,10 @@ class Interrogator:
                 raise TypeError(f"table {name!r} must be a list of phrases, not a str")
             unique = list(dict.fromkeys(str(p).strip() for p in phrases if str(p).strip()))
             if not unique:
-                raise ValueError(f"label table {name!r} is empty")
+                raise InvalidInputError(f"label table {name!r} is empty")
             self.tables[str(name)] = unique
         if not self.tables:
-            raise ValueError("no label tables given")
+            raise InvalidInputError("no label tables given")
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.cache = cache
         self.batch_size = batch_size
@@ -209,7 +210,7 @@ class Interrogator:
         if pixels.dim() == 3:
             pixels = pixels.unsqueeze(0)
         if pixels.dim() != 4 or pixels.shape[0] != 1:
-            raise ValueError(f"expected one image as pixels [3, S, S] or [1, 3, S, S], got shape {tuple(pixels.shape)}")
+            raise InvalidInputError(f"expected one image as pixels [3, S, S] or [1, 3, S, S], got shape {tuple(pixels.shape)}")
         return encode_pixels(self.model, pixels)[0]
 
     def rank(self, image: ImageLike, table: str, top_k: int = 10) -> list[tuple[str, float]]:
@@ -219,7 +220,7 @@ class Interrogator:
     def rank_features(self, features: torch.Tensor, table: str, top_k: int = 10) -> list[tuple[str, float]]:
         """`rank` for image features already computed (normalized, [embed_dim])."""
         if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+            raise InvalidInputError(f"top_k must be >= 1, got {top_k}")
         scores = self.table_embeddings(table) @ features.to(self.device, torch.float32)  # [n_phrases]
         # A stable sort: equal scores keep table order, so results do not depend on the kernel.
         order = torch.sort(scores, descending=True, stable=True).indices[:top_k].tolist()
@@ -245,7 +246,7 @@ class Interrogator:
     ) -> InterrogationResult:
         """`interrogate` for image features already computed (normalized, [embed_dim])."""
         if max_phrases is not None and max_phrases < 1:
-            raise ValueError(f"max_phrases must be >= 1, got {max_phrases}")
+            raise InvalidInputError(f"max_phrases must be >= 1, got {max_phrases}")
         features = features.to(self.device, torch.float32)
         pool = max(top_k, self.candidates_per_table)
         ranked = {name: self.rank_features(features, name, pool) for name in self.tables}
@@ -253,9 +254,9 @@ class Interrogator:
         if caption is not None:
             start = caption.strip()
             if not start:
-                raise ValueError("caption is empty")
+                raise InvalidInputError("caption is empty")
             if self.count_tokens(start) > self.max_prompt_tokens:
-                raise ValueError(
+                raise InvalidInputError(
                     f"the caption has {self.count_tokens(start)} tokens; the model reads at most {self.max_prompt_tokens}"
                 )
         else:
@@ -264,7 +265,7 @@ class Interrogator:
                 key=lambda ps: -ps[1],
             )
             if not subjects:
-                raise ValueError(f"no phrase of the subject tables fits in {self.max_prompt_tokens} tokens")
+                raise InvalidInputError(f"no phrase of the subject tables fits in {self.max_prompt_tokens} tokens")
             start = subjects[0][0]
 
         candidates = list(dict.fromkeys(p for name in self.tables for p, _ in ranked[name][: self.candidates_per_table]))
@@ -315,13 +316,14 @@ class FilesReport:
 
 
 def caption_destinations(inputs: Sequence[PathLike], out_dir: Optional[PathLike] = None) -> list[tuple[str, str]]:
-    """(image, .txt path) for every image of `inputs` (image files and folders, searched recursively).
+    """(image, .txt path) for every image of `inputs` (image files, folders searched recursively, glob
+    patterns, list files: `clipforge.sources`). Raises `SourceError` when there is no image at all.
 
     The .txt lies next to its image, or under `out_dir` (mirroring each folder's layout). When two
     images would share a .txt (cat.jpg and cat.png), each of them gets its full name + ".txt"
     instead ("cat.jpg.txt"), so no caption overwrites another.
     """
-    from clipforge.sources import read_source
+    from clipforge.sources import SourceError, read_source
 
     pairs: list[tuple[str, Path]] = []
     for item in inputs:
@@ -332,8 +334,13 @@ def caption_destinations(inputs: Sequence[PathLike], out_dir: Optional[PathLike]
                 rel = image.relative_to(os.path.abspath(item))
                 pairs.append((str(image), (Path(out_dir) / rel) if out_dir is not None else image))
         else:
-            image = Path(item)
-            pairs.append((str(image), (Path(out_dir) / image.name) if out_dir is not None else image))
+            for source_item in read_source(item):
+                if source_item.path is None:
+                    continue
+                image = Path(source_item.path)
+                pairs.append((str(image), (Path(out_dir) / image.name) if out_dir is not None else image))
+    if not pairs:
+        raise SourceError(f"no images found in {', '.join(map(repr, map(os.fspath, inputs)))}")
     stems: dict[Path, int] = {}
     for _, base in pairs:
         key = base.with_suffix(".txt")
@@ -345,7 +352,7 @@ def caption_destinations(inputs: Sequence[PathLike], out_dir: Optional[PathLike]
     seen: dict[str, str] = {}
     for image, txt in out:
         if txt in seen and seen[txt] != image:
-            raise ValueError(f"{seen[txt]} and {image} would both be captioned in {txt}")
+            raise InvalidInputError(f"{seen[txt]} and {image} would both be captioned in {txt}")
         seen[txt] = image
     return out
 

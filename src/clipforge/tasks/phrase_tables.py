@@ -18,6 +18,8 @@ from typing import Any, Iterable, Sequence, Union
 
 import torch
 
+from clipforge.errors import InvalidInputError
+
 __all__ = [
     "DEFAULT_TABLES", "SUBJECT_TABLES", "read_table", "load_default_table", "default_tables", "provenance",
     "table_digest", "default_cache_dir", "read_cache", "write_cache", "CacheInvalid",
@@ -50,14 +52,14 @@ def read_table(path: PathLike) -> list[str]:
     """A user table: one phrase per line (UTF-8); blank lines and lines starting with '#' are skipped."""
     phrases = _parse_table(Path(path).read_text(encoding="utf-8"))
     if not phrases:
-        raise ValueError(f"label table {os.fspath(path)!r} holds no phrases")
+        raise InvalidInputError(f"label table {os.fspath(path)!r} holds no phrases")
     return phrases
 
 
 def load_default_table(name: str) -> list[str]:
     """One of the shipped tables (`DEFAULT_TABLES`) by name."""
     if name not in DEFAULT_TABLES:
-        raise ValueError(f"no default label table {name!r}; the default tables are {', '.join(DEFAULT_TABLES)}")
+        raise InvalidInputError(f"no default label table {name!r}; the default tables are {', '.join(DEFAULT_TABLES)}")
     return _parse_table(_table_dir().joinpath(f"{name}.txt").read_text(encoding="utf-8"))
 
 

@@ -24,6 +24,7 @@ from PIL import Image
 
 from clipforge.configs import PreprocessConfig
 from clipforge.encoding import encode_pixels, encode_tokens
+from clipforge.errors import InvalidInputError
 from clipforge.image import Preprocess
 from clipforge.models import ClipModel
 from clipforge.text import Tokenizer
@@ -68,17 +69,17 @@ def clip_score(
     A side of length 1 is compared with every item of the other side (torchmetrics would raise).
     """
     if definition not in DEFINITIONS:
-        raise ValueError(f"definition must be one of {DEFINITIONS}, got {definition!r}")
+        raise InvalidInputError(f"definition must be one of {DEFINITIONS}, got {definition!r}")
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise InvalidInputError(f"kind must be one of {KINDS}, got {kind!r}")
     first_kind, second_kind = kind.split("-")
     with torch.no_grad():
         a = _embed(model, images, first_kind, definition, preprocess, tokenizer, batch_size)
         b = _embed(model, texts, second_kind, definition, preprocess, tokenizer, batch_size)
         if len(a) != len(b) and 1 not in (len(a), len(b)):
-            raise ValueError(f"expected as many {first_kind}s as {second_kind}s, got {len(a)} and {len(b)}")
+            raise InvalidInputError(f"expected as many {first_kind}s as {second_kind}s, got {len(a)} and {len(b)}")
         if len(a) == 0 or len(b) == 0:
-            raise ValueError("clip_score needs at least one pair")
+            raise InvalidInputError("clip_score needs at least one pair")
         cos = (F.normalize(a.float(), dim=-1) * F.normalize(b.float(), dim=-1)).sum(dim=-1)  # [n_pairs]
         return score_from_cosine(cos, definition)
 
@@ -91,7 +92,7 @@ def score_from_cosine(cos: torch.Tensor, definition: Definition = "torchmetrics"
         return torch.maximum(mean, torch.zeros_like(mean))
     if definition in ("paper", "paper_prefix"):
         return PAPER_WEIGHT * cos.clamp(min=0)
-    raise ValueError(f"definition must be one of {DEFINITIONS}, got {definition!r}")
+    raise InvalidInputError(f"definition must be one of {DEFINITIONS}, got {definition!r}")
 
 
 # ---- embedding either side ------------------------------------------------------------------------
@@ -117,19 +118,19 @@ def _pixels(model: ClipModel, images: ImageInput, preprocess: Optional[Preproces
     if isinstance(images, torch.Tensor) and images.is_floating_point():
         pixels = images.unsqueeze(0) if images.dim() == 3 else images
         if pixels.dim() != 4 or tuple(pixels.shape[1:]) != (3, size, size):
-            raise ValueError(
+            raise InvalidInputError(
                 f"a floating-point image tensor is taken as preprocessed pixels [N, 3, {size}, {size}]; "
                 f"got shape {tuple(images.shape)} (pass PIL images or uint8 pixels to have them preprocessed)"
             )
         return pixels
     preprocess = preprocess or Preprocess(PreprocessConfig(image_size=size))
     if preprocess.image_size != size:
-        raise ValueError(f"preprocess makes {preprocess.image_size}px images, the model takes {size}px")
+        raise InvalidInputError(f"preprocess makes {preprocess.image_size}px images, the model takes {size}px")
     if isinstance(images, Image.Image):
         images = [images]
     elif isinstance(images, torch.Tensor):
         if images.dim() not in (3, 4):
-            raise ValueError(f"image pixels must be [3, H, W] or [N, 3, H, W], got shape {tuple(images.shape)}")
+            raise InvalidInputError(f"image pixels must be [3, H, W] or [N, 3, H, W], got shape {tuple(images.shape)}")
         images = [images] if images.dim() == 3 else list(images)
     pils = [_to_pil(image, i) for i, image in enumerate(images)]
     return preprocess.batch(pils)
@@ -140,7 +141,7 @@ def _to_pil(image: Union[Image.Image, torch.Tensor], index: int) -> Image.Image:
         return image
     if isinstance(image, torch.Tensor) and not image.is_floating_point() and image.dim() == 3 and image.shape[0] == 3:
         if image.min() < 0 or image.max() > 255:
-            raise ValueError(f"images[{index}]: integer pixels must lie in 0..255")
+            raise InvalidInputError(f"images[{index}]: integer pixels must lie in 0..255")
         # Raw pixels go through the same preprocessing as a decoded file would.
         return Image.fromarray(image.to(torch.uint8).permute(1, 2, 0).cpu().numpy(), mode="RGB")
     raise TypeError(
@@ -153,9 +154,9 @@ def _to_pil(image: Union[Image.Image, torch.Tensor], index: int) -> Image.Image:
 def _tokens(model: ClipModel, texts: TextInput, definition: str, tokenizer: Optional[Tokenizer]) -> torch.Tensor:
     if isinstance(texts, torch.Tensor):
         if definition == "paper_prefix":
-            raise ValueError("definition='paper_prefix' adds words to each text: pass strings, not token ids")
+            raise InvalidInputError("definition='paper_prefix' adds words to each text: pass strings, not token ids")
         if texts.dim() != 2:
-            raise ValueError(f"token ids must be [N, context], got shape {tuple(texts.shape)}")
+            raise InvalidInputError(f"token ids must be [N, context], got shape {tuple(texts.shape)}")
         return texts
     if isinstance(texts, str):
         texts = [texts]

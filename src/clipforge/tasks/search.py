@@ -20,7 +20,18 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from clipforge.encoding import encode_pixels, encode_texts, model_difference, model_fingerprint
+from clipforge.encoding import (
+    encode_pixels,
+    encode_texts,
+    model_difference,
+    model_fingerprint,
+)
+from clipforge.errors import (
+    ClipforgeError,
+    ClipforgeRuntimeError,
+    InvalidInputError,
+    MissingFileError,
+)
 from clipforge.tasks.embedding import EmbedSummary, embed, read_embeddings
 
 __all__ = [
@@ -53,7 +64,7 @@ TARGET_RECALL = 0.95
 CALIBRATION_QUERIES = 256
 
 
-class ModelMismatchError(ValueError):
+class ModelMismatchError(ClipforgeError, ValueError):
     """A query model that is not the model the index was built with."""
 
 
@@ -129,7 +140,7 @@ class SearchIndex:
         self.dir = Path(index_dir)
         record_path = self.dir / INDEX_FILE
         if not record_path.exists():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{self.dir} is not a search index ({INDEX_FILE} missing); build one with `clipforge index DIR --out {self.dir}`"
             )
         self.record: dict[str, Any] = json.loads(record_path.read_text())
@@ -152,7 +163,7 @@ class SearchIndex:
         if backend == "exact":
             return exact_search(self.vectors, queries, k)
         if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+            raise InvalidInputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         return self.faiss_index(backend).search(queries, k)
 
     def faiss_index(self, backend: str) -> "FaissIndex":
@@ -206,7 +217,7 @@ def _import_faiss() -> Any:
     try:
         import faiss
     except ImportError:
-        raise RuntimeError(
+        raise ClipforgeRuntimeError(
             "the faiss-ivf / faiss-hnsw backends need FAISS: `pip install faiss-cpu` (or faiss-gpu); "
             "the default exact backend needs nothing extra"
         ) from None
@@ -268,7 +279,7 @@ def build_faiss_index(
         params = {"nlist": nlist}
         name, settings = "nprobe", [min(nlist, 8 << i) for i in range(32) if i == 0 or (8 << (i - 1)) < nlist]
     else:
-        raise ValueError(f"unknown FAISS backend {backend!r}; choose faiss-ivf or faiss-hnsw")
+        raise InvalidInputError(f"unknown FAISS backend {backend!r}; choose faiss-ivf or faiss-hnsw")
     index.add_with_ids(vectors[base_ids], base_ids.astype(np.int64))
 
     built = FaissIndex(index, backend, params, 1.0)
@@ -308,7 +319,7 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     """Mean over queries of |approx top-k ∩ exact top-k| / k (k = exact_ids.shape[1]); -1 ids never count."""
     approx_ids, exact_ids = np.atleast_2d(approx_ids), np.atleast_2d(exact_ids)
     if approx_ids.shape[0] != exact_ids.shape[0]:
-        raise ValueError(f"different numbers of queries: {approx_ids.shape[0]} vs {exact_ids.shape[0]}")
+        raise InvalidInputError(f"different numbers of queries: {approx_ids.shape[0]} vs {exact_ids.shape[0]}")
     k = exact_ids.shape[1]
     if k == 0 or len(exact_ids) == 0:
         return 1.0

@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from clipforge.encoding import encode_pixels, encode_tokens
+from clipforge.errors import InvalidInputError
 
 __all__ = ["similarity_matrix", "plot_similarity"]
 
@@ -58,7 +59,7 @@ def plot_similarity(
 
     values = matrix.detach().float().cpu().numpy()
     if values.ndim != 2 or values.shape != (len(images), len(texts)):
-        raise ValueError(
+        raise InvalidInputError(
             f"matrix must be [n_images={len(images)}, n_texts={len(texts)}], got shape {tuple(values.shape)}"
         )
     similarity = values.T  # the notebook's orientation: texts are rows, images are columns

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from clipforge.encoding import encode_pixels, encode_texts, model_device
+from clipforge.errors import InvalidInputError
 from clipforge.tasks.templates import OPENAI_IMAGENET_TEMPLATES, TEMPLATE_SETS
 
 __all__ = ["ZeroShotClassifier", "build_classifier", "classify", "probabilities", "resolve_templates"]
@@ -50,7 +51,7 @@ class ZeroShotClassifier:
 
     def __post_init__(self) -> None:
         if self.weights.dim() != 2 or self.weights.shape[1] != len(self.labels):
-            raise ValueError(
+            raise InvalidInputError(
                 f"weights must be [embed_dim, n_labels={len(self.labels)}], got shape {tuple(self.weights.shape)}"
             )
 
@@ -99,9 +100,9 @@ class ZeroShotClassifier:
             try:
                 raw = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as e:  # pickle.UnpicklingError and friends: report, never fall back to full unpickling
-                raise ValueError(f"{path}: not a readable classifier file ({type(e).__name__}: {e})") from None
+                raise InvalidInputError(f"{path}: not a readable classifier file ({type(e).__name__}: {e})") from None
             if not isinstance(raw, dict) or raw.get("format") != _FORMAT:
-                raise ValueError(f"{path}: not a clipforge zero-shot classifier file")
+                raise InvalidInputError(f"{path}: not a clipforge zero-shot classifier file")
             weights, labels, templates = raw["weights"], raw["labels"], raw["templates"]
         else:
             from safetensors import SafetensorError, safe_open
@@ -110,13 +111,13 @@ class ZeroShotClassifier:
                 with safe_open(str(path), framework="pt") as f:
                     metadata = f.metadata() or {}
                     if metadata.get("format") != _FORMAT:
-                        raise ValueError(f"{path}: not a clipforge zero-shot classifier file")
+                        raise InvalidInputError(f"{path}: not a clipforge zero-shot classifier file")
                     weights = f.get_tensor("weights")
             except SafetensorError as e:
-                raise ValueError(f"{path}: not a readable classifier file ({e})") from None
+                raise InvalidInputError(f"{path}: not a readable classifier file ({e})") from None
             labels, templates = json.loads(metadata["labels"]), json.loads(metadata["templates"])
         if not isinstance(weights, torch.Tensor) or not _all_str(labels) or not _all_str(templates):
-            raise ValueError(f"{path}: malformed classifier file")
+            raise InvalidInputError(f"{path}: malformed classifier file")
         return cls(weights, list(labels), list(templates))
 
 
@@ -134,16 +135,16 @@ def resolve_templates(templates: Templates) -> list[str]:
         templates = TEMPLATE_SETS[templates] if templates in TEMPLATE_SETS else [templates]
     templates = list(templates)
     if not templates:
-        raise ValueError("templates is empty")
+        raise InvalidInputError("templates is empty")
     for t in templates:
         if not isinstance(t, str):
             raise TypeError(f"templates must be strings, got {type(t).__name__}")
         try:
             fields = [name for _, name, _, _ in string.Formatter().parse(t) if name is not None]
         except ValueError as e:
-            raise ValueError(f"template {t!r} is not a valid format string: {e}") from None
+            raise InvalidInputError(f"template {t!r} is not a valid format string: {e}") from None
         if fields != [""]:
-            raise ValueError(f"template {t!r} must contain exactly one '{{}}' for the label (e.g. 'a photo of a {{}}.')")
+            raise InvalidInputError(f"template {t!r} must contain exactly one '{{}}' for the label (e.g. 'a photo of a {{}}.')")
     return templates
 
 
@@ -163,12 +164,12 @@ def build_classifier(
     """
     labels = [str(label) for label in labels]
     if not labels:
-        raise ValueError("labels is empty")
+        raise InvalidInputError("labels is empty")
     if len(set(labels)) != len(labels):
         duplicates = sorted({label for label in labels if labels.count(label) > 1})
-        raise ValueError(f"duplicate labels: {duplicates}")
+        raise InvalidInputError(f"duplicate labels: {duplicates}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
     templates = resolve_templates(templates)
     texts = [t.format(label) for label in labels for t in templates]  # label-major: [label0 x templates, ...]
 
@@ -203,11 +204,11 @@ def classify(
 def probabilities(model: torch.nn.Module, classifier: ZeroShotClassifier, pixels: torch.Tensor) -> torch.Tensor:
     """[n_images, n_labels] label probabilities (float32, on the model's device)."""
     if pixels.dim() != 4:
-        raise ValueError(f"pixels must be [batch, 3, S, S], got shape {tuple(pixels.shape)}")
+        raise InvalidInputError(f"pixels must be [batch, 3, S, S], got shape {tuple(pixels.shape)}")
     device = model_device(model)
     features = encode_pixels(model, pixels)  # [n, embed_dim] float32, normalized
     if features.shape[-1] != classifier.embed_dim:
-        raise ValueError(
+        raise InvalidInputError(
             f"the classifier was built for embeddings of size {classifier.embed_dim}, "
             f"the model makes {features.shape[-1]}: build it with this model"
         )

@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from clipforge.errors import InvalidInputError
 from clipforge.text import normalize
 from clipforge.text.bpe import BoundedCache, BytePairVocab, load_vocab
 
@@ -51,9 +52,9 @@ class Tokenizer:
         special_tokens: SpecialTokens = "text",
     ) -> None:
         if pad not in ("openclip", "hf"):
-            raise ValueError(f"pad must be 'openclip' or 'hf', got {pad!r}")
+            raise InvalidInputError(f"pad must be 'openclip' or 'hf', got {pad!r}")
         if special_tokens not in ("text", "openai"):
-            raise ValueError(f"special_tokens must be 'text' or 'openai', got {special_tokens!r}")
+            raise InvalidInputError(f"special_tokens must be 'text' or 'openai', got {special_tokens!r}")
         self.context_length = _check_context_length(context_length)
         self.truncate = bool(truncate)
         self.pad = pad
@@ -110,7 +111,7 @@ class Tokenizer:
             if too_long.size:
                 first = too_long[np.argmin(rows[too_long])]  # rows are not in input order
                 i = int(rows[first])
-                raise ValueError(_too_long_message(i, texts[i], int(counts[first]) + 2, ctx))
+                raise InvalidInputError(_too_long_message(i, texts[i], int(counts[first]) + 2, ctx))
 
         out = np.full((len(texts), ctx), self.pad_token_id, dtype=np.int64)
         out[:, 0] = self.sot_token_id
@@ -136,11 +137,11 @@ class Tokenizer:
         other special id decodes to its literal "<|...|>" string.
         """
         if getattr(ids, "ndim", 1) != 1:
-            raise ValueError("decode takes one sequence of ids; decode a batch row by row")
+            raise InvalidInputError("decode takes one sequence of ids; decode a batch row by row")
         ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
-            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+            raise InvalidInputError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
         eot = self.eot_token_id
         if ids and ids[0] == self.sot_token_id:
             ids = ids[1:]
@@ -283,7 +284,7 @@ def _check_context_length(context_length: int) -> int:
     if isinstance(context_length, bool) or not isinstance(context_length, (int, np.integer)):
         raise TypeError(f"context_length must be an int, got {type(context_length).__name__}")
     if context_length < 2:
-        raise ValueError(f"context_length must be at least 2 (start and end tokens), got {context_length}")
+        raise InvalidInputError(f"context_length must be at least 2 (start and end tokens), got {context_length}")
     return int(context_length)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
+from clipforge.errors import InvalidInputError
 from clipforge.image.preprocess import to_8bit
 
 _FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
@@ -82,13 +83,13 @@ class TrainTransform:
         silhouette_p: float = 0.0,
     ) -> None:
         if interpolation not in _FILTERS:
-            raise ValueError(f"interpolation must be one of {sorted(_FILTERS)}, got {interpolation!r}")
+            raise InvalidInputError(f"interpolation must be one of {sorted(_FILTERS)}, got {interpolation!r}")
         for name, value in (("stroke_p", stroke_p), ("background_p", background_p), ("grayscale_p", grayscale_p),
                             ("color_jitter", color_jitter), ("outline_p", outline_p), ("silhouette_p", silhouette_p)):
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
+                raise InvalidInputError(f"{name} must be in [0, 1], got {value}")
         if not 0.0 <= hue_jitter <= 0.5:
-            raise ValueError(f"hue_jitter must be in [0, 0.5] (a fraction of the colour wheel), got {hue_jitter}")
+            raise InvalidInputError(f"hue_jitter must be in [0, 0.5] (a fraction of the colour wheel), got {hue_jitter}")
         self.stroke_p, self.background_p, self.grayscale_p = stroke_p, background_p, grayscale_p
         self.color_jitter, self.hue_jitter = color_jitter, hue_jitter
         self.outline_p, self.silhouette_p = outline_p, silhouette_p

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from clipforge.atomic_files import atomic_write
+from clipforge.errors import InvalidInputError
 
 FORMAT = "clipforge-train-checkpoint"
 VERSION = 1
@@ -67,9 +68,9 @@ def load_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
     """Read a training checkpoint safely (weights_only=True) onto the CPU."""
     state = torch.load(Path(path), map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a clipforge training checkpoint")
+        raise InvalidInputError(f"{path} is not a clipforge training checkpoint")
     if state.get("version") != VERSION:
-        raise ValueError(f"{path}: checkpoint version {state.get('version')} is not supported (expected {VERSION})")
+        raise InvalidInputError(f"{path}: checkpoint version {state.get('version')} is not supported (expected {VERSION})")
     return state
 
 

@@ -29,10 +29,16 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from clipforge.errors import ClipforgeRuntimeError, InvalidInputError
 from clipforge.image import ImageLoadError, ImageRef, load_image
 from clipforge.sources import SourceItem, read_table, source_kind
 from clipforge.sources.webdataset import IMAGE_EXTENSIONS as TAR_IMAGE_EXTENSIONS
-from clipforge.sources.webdataset import ShardError, count_samples, expand_shards, iter_tar_samples
+from clipforge.sources.webdataset import (
+    ShardError,
+    count_samples,
+    expand_shards,
+    iter_tar_samples,
+)
 from clipforge.train.augment import TrainTransform, sample_generator
 
 logger = logging.getLogger("clipforge.train")
@@ -102,7 +108,7 @@ def balance_weights(groups: Sequence[Any], power: float) -> torch.Tensor:
 def group_values(items: Sequence[SourceItem], column: str, source: str) -> list[str]:
     """Each item's value in `column` (for balancing); a column no row has is an error."""
     if items and not any(column in item.fields for item in items):
-        raise ValueError(f"{source}: no column {column!r} to balance by")
+        raise InvalidInputError(f"{source}: no column {column!r} to balance by")
     return [json.dumps(item.fields.get(column), sort_keys=True) for item in items]
 
 
@@ -242,7 +248,7 @@ class ShardStream(IterableDataset):
         context_length: int, rank: int, world_size: int, num_workers: int, resampled: bool, shuffle_buffer: int,
     ) -> None:
         if not shards:
-            raise ValueError("no WebDataset shards given")
+            raise InvalidInputError("no WebDataset shards given")
         self.shards = list(shards)
         self.transform = transform
         self.seed, self.batch_size, self.context_length = seed, batch_size, context_length
@@ -288,7 +294,7 @@ class ShardStream(IterableDataset):
                     yield sample
                 empty = 0 if produced else empty + 1
                 if empty > 10 * len(self.shards):
-                    raise RuntimeError(f"WebDataset shards yield no samples: {self.shards[:3]}...")
+                    raise ClipforgeRuntimeError(f"WebDataset shards yield no samples: {self.shards[:3]}...")
         cycle = 0
         while True:
             order = list(self.shards)
@@ -300,7 +306,7 @@ class ShardStream(IterableDataset):
                     produced += 1
                     yield sample
             if not produced:
-                raise RuntimeError(f"WebDataset shards {mine} yield no samples")
+                raise ClipforgeRuntimeError(f"WebDataset shards {mine} yield no samples")
             cycle += 1
 
     def _shuffled(self, samples: Iterator[RawSample], rng: random.Random) -> Iterator[RawSample]:
@@ -362,7 +368,7 @@ class TrainData:
         self.weights: Optional[torch.Tensor] = None
         if self.webdataset:
             if balance_by is not None or caption_column is not None:
-                raise ValueError("balance_by and caption_column apply to CSV/JSONL pairs, not WebDataset shards")
+                raise InvalidInputError("balance_by and caption_column apply to CSV/JSONL pairs, not WebDataset shards")
             shards = expand_shards(spec)
             if num_samples is None:
                 num_samples, problems = count_samples(shards)
@@ -376,7 +382,7 @@ class TrainData:
         else:
             pairs = read_table(spec, image_root=image_root, separator=csv_separator, caption_column=caption_column)
             if pairs and not any(p.path for p in pairs):
-                raise ValueError(f"{spec}: no image column (image/path/filepath) or no image path in any row")
+                raise InvalidInputError(f"{spec}: no image column (image/path/filepath) or no image path in any row")
             self.num_samples = len(pairs)
             if balance_by is not None:
                 self.weights = balance_weights(group_values(pairs, balance_by, spec), balance_power)
@@ -384,7 +390,7 @@ class TrainData:
             self.collate = CollatePairs(transform.image_size, context_length)
         self.steps_per_epoch = self.num_samples // global_batch
         if self.steps_per_epoch < 1:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{spec}: {self.num_samples} samples is less than one global batch "
                 f"({world_size} ranks x {accum_steps} micro-batches x {batch_size})"
             )

@@ -13,6 +13,8 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
+from clipforge.errors import InvalidInputError
+
 # ClipModel's text tower lives on the model itself (OpenAI's key layout); these are its parts.
 TEXT_TOWER = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
 IMAGE_TOWER = ("visual",)
@@ -37,7 +39,7 @@ def freeze_tower(model: nn.Module, tower: Optional[str]) -> list[str]:
     if tower is None:
         return []
     if tower not in ("image", "text"):
-        raise ValueError(f"freeze must be 'image' or 'text', got {tower!r}")
+        raise InvalidInputError(f"freeze must be 'image' or 'text', got {tower!r}")
     frozen = []
     for name, p in model.named_parameters():
         if tower_of(name) == tower:
@@ -68,15 +70,15 @@ def wise_ft(
     the fine-tuned state. The two states must have the same keys and shapes.
     """
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise InvalidInputError(f"alpha must be in [0, 1], got {alpha}")
     if set(original_state) != set(finetuned_state):
         missing = sorted(set(original_state) ^ set(finetuned_state))
-        raise ValueError(f"WiSE-FT needs the same keys in both states; these differ: {missing[:10]}")
+        raise InvalidInputError(f"WiSE-FT needs the same keys in both states; these differ: {missing[:10]}")
     out = {}
     for key, tuned in finetuned_state.items():
         orig = original_state[key]
         if orig.shape != tuned.shape:
-            raise ValueError(f"WiSE-FT: {key} has shape {tuple(orig.shape)} vs {tuple(tuned.shape)}")
+            raise InvalidInputError(f"WiSE-FT: {key} has shape {tuple(orig.shape)} vs {tuple(tuned.shape)}")
         if alpha == 0.0:  # the endpoints exactly, whatever the values (even inf/nan)
             out[key] = orig.to(device=tuned.device, dtype=tuned.dtype, copy=True)
         elif alpha == 1.0 or not tuned.is_floating_point():

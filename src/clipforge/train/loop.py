@@ -21,12 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from clipforge.atomic_files import atomic_write_text
 from clipforge.configs import ClipConfig, PreprocessConfig
+from clipforge.errors import ClipforgeRuntimeError, InvalidInputError
 from clipforge.image import Preprocess
 from clipforge.models import ClipModel
 from clipforge.text import Tokenizer
 from clipforge.train.augment import TrainTransform
-from clipforge.atomic_files import atomic_write_text
 from clipforge.train.checkpointing import (
     latest_checkpoint,
     load_checkpoint,
@@ -35,8 +36,15 @@ from clipforge.train.checkpointing import (
     set_rng_state,
 )
 from clipforge.train.config import TrainConfig
-from clipforge.train.data import Batch, BadSample, TrainData
-from clipforge.train.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, cleanup, init_distributed
+from clipforge.train.data import BadSample, Batch, TrainData
+from clipforge.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    cleanup,
+    init_distributed,
+)
 from clipforge.train.finetune import freeze_tower, set_train_mode, wise_ft
 from clipforge.train.loss import build_loss
 from clipforge.train.optim import build_optimizer
@@ -90,7 +98,7 @@ def build_model(config: TrainConfig) -> tuple[ClipModel, PreprocessConfig, Optio
             with torch.no_grad():
                 model.logit_scale.fill_(config.optim.siglip_init_logit_scale)
     if config.data.augment.image_size is not None and config.data.augment.image_size != model.config.image_size:
-        raise ValueError(
+        raise InvalidInputError(
             f"image_size={config.data.augment.image_size} differs from the model's {model.config.image_size}: "
             "the model's positional embeddings fix its input size"
         )
@@ -217,7 +225,7 @@ class _Run:
                     "accum_steps": config.optim.accum_steps, "workers_if_webdataset": config.data.workers if self.data.webdataset else None}
         for key, value in expected.items():
             if meta.get(key) != value:
-                raise ValueError(f"cannot resume {path} exactly: it was written with {key}={meta.get(key)}, now {value}")
+                raise InvalidInputError(f"cannot resume {path} exactly: it was written with {key}={meta.get(key)}, now {value}")
         self.train_module.model.load_state_dict(state["model"])
         self.loss_fn.load_state_dict(state["loss"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -410,7 +418,7 @@ class _Run:
                     if self.step >= self.total_steps:
                         break
                 if self.step == step_before:  # a loader that yields nothing would loop forever
-                    raise RuntimeError(f"epoch {self.epoch}: the training data produced no batches")
+                    raise ClipforgeRuntimeError(f"epoch {self.epoch}: the training data produced no batches")
         finally:
             if self._bar is not None:
                 self._bar.close()

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipforge.errors import InvalidInputError
 from clipforge.train.distributed import DistInfo, gather_with_grad
 
 
@@ -122,4 +123,4 @@ def build_loss(kind: str, *, local_loss: bool, dist: DistInfo, init_logit_bias: 
         return ClipLoss(local_loss=local_loss, dist=dist)
     if kind == "siglip":
         return SigLipLoss(init_logit_bias=init_logit_bias, dist=dist)
-    raise ValueError(f"unknown loss {kind!r}: expected 'clip' or 'siglip'")
+    raise InvalidInputError(f"unknown loss {kind!r}: expected 'clip' or 'siglip'")

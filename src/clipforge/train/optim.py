@@ -16,6 +16,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from clipforge.errors import InvalidInputError
+
 
 def decays(name: str, param: torch.Tensor) -> bool:
     return param.dim() >= 2 and "embedding" not in name
@@ -43,5 +45,5 @@ def build_optimizer(
 ) -> torch.optim.AdamW:
     groups = [g for g in param_groups(named_params, weight_decay) if g["params"]]
     if not groups:
-        raise ValueError("no trainable parameters (is every tower frozen?)")
+        raise InvalidInputError("no trainable parameters (is every tower frozen?)")
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)

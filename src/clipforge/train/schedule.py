@@ -11,13 +11,15 @@ from typing import Any
 
 import torch
 
+from clipforge.errors import InvalidInputError
+
 
 class LRSchedule:
     def __init__(
         self, base_lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0, kind: str = "cosine"
     ) -> None:
         if kind not in ("cosine", "constant"):
-            raise ValueError(f"unknown schedule {kind!r}: expected 'cosine' or 'constant'")
+            raise InvalidInputError(f"unknown schedule {kind!r}: expected 'cosine' or 'constant'")
         self.base_lr = base_lr
         self.total_steps = max(int(total_steps), 1)
         self.warmup_steps = max(int(warmup_steps), 0)
