@@ -11,6 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # test helper modules (references, image_fixtures, ...)
+import image_fixtures  # noqa: E402,F401  (fixes where the clip-art corpus lives before any test moves the caches)
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 # Real captions: Debian package descriptions (short and one far past 77 tokens) and clip-art titles.

@@ -26,13 +26,23 @@ PNG_ROOT = Path("usr/share/openclipart/png")
 SAMPLE_MAX_PIXELS = 12_000_000
 
 
+def _builder_cache() -> Path:
+    from clipforge.datasets.openclipart import default_cache_dir
+
+    return default_cache_dir()
+
+
+# Decided once, when the tests start: tests that point CLIPFORGE_CACHE elsewhere must not move the corpus.
+OPENCLIPART_CACHE = _builder_cache()
+
+
+@functools.lru_cache(maxsize=1)
 def corpus_dir() -> Path:
     """Directory of the unpacked openclipart PNGs: the same fetched package and unpacked tree as the
     OpenClipArt data set builder (clipforge.datasets.debian_packages, <clipforge cache>/openclipart)."""
     from clipforge.datasets.debian_packages import extract_deb, fetch_debs
-    from clipforge.datasets.openclipart import default_cache_dir
 
-    cache = default_cache_dir()
+    cache = OPENCLIPART_CACHE
     deb = fetch_debs([PACKAGE], cache)[PACKAGE]  # raises SourceUnavailable with apt's message: no silent skip
     return extract_deb(deb, cache / "unpacked") / PNG_ROOT
 

@@ -42,6 +42,7 @@ def test_demo_prints_labels_and_search_results(no_network, capsys):
         assert sample["path"].name in out
 
 
+@pytest.mark.slow  # builds the data set from the Debian packages
 def test_bundled_model_beats_chance_on_the_held_out_test_split(tmp_path_factory):
     """On OpenClipArt's test split (never trained on): zero-shot beats uniform chance, retrieval beats random.
 
@@ -51,8 +52,10 @@ def test_bundled_model_beats_chance_on_the_held_out_test_split(tmp_path_factory)
     from clipforge.datasets import openclipart
     from clipforge.evaluation import evaluate
 
+    from image_fixtures import OPENCLIPART_CACHE
+
     data = tmp_path_factory.mktemp("openclipart")
-    openclipart.build(data, progress=False)
+    openclipart.build(data, progress=False, cache_dir=OPENCLIPART_CACHE)
     assert json.loads((data / "classes.json").read_text())["classnames"] == bundled.classes()["classnames"]
     model, preprocess, tokenizer = clipforge.load()
     metrics = evaluate(model, preprocess, tokenizer, data / "test.jsonl", data / "classes.json", progress=False)

@@ -37,7 +37,6 @@ from clipforge.checkpoint_formats import (  # noqa: E402
 )
 from clipforge.configs import ClipConfig, ResNetConfig, TextConfig, VisionTransformerConfig  # noqa: E402
 
-torch.set_num_threads(1)
 TOL = 1e-5
 TEXTS = ["a photo of a cat", "two dogs playing in the snow", "a diagram"]
 

@@ -225,8 +225,20 @@ def test_open_clip_options(cached):
     model, train, val = open_clip.create_model_and_transforms(
         "ViT-B-32", pretrained="openai", precision="bf16", output_dict=True, image_mean=(0.5, 0.5, 0.5)
     )
-    assert train is val and val.config.mean == (0.5, 0.5, 0.5)
+    assert val.config.mean == (0.5, 0.5, 0.5)
     assert model.token_embedding.weight.dtype == torch.bfloat16 and model.visual.image_size == (224, 224)
+    # preprocess_train is open_clip's training transform, random from torch's global RNG: bit-identical
+    import open_clip as reference
+    from PIL import Image
+
+    _, ref_train, _ = reference.create_model_and_transforms("ViT-B-32", pretrained=None, image_mean=(0.5, 0.5, 0.5))
+    image = Image.new("RGB", (300, 200), (200, 40, 90))
+    image.paste((10, 220, 30), (50, 20, 180, 150))
+    torch.manual_seed(7)
+    ours = torch.stack([train(image) for _ in range(4)])
+    torch.manual_seed(7)
+    theirs = torch.stack([ref_train(image) for _ in range(4)])
+    assert torch.equal(ours, theirs) and not torch.equal(ours[0], ours[1])
     out = model(text=open_clip.tokenize(["a cat"]))
     assert out["image_features"] is None and out["text_features"].shape == (1, 512)
     with pytest.raises(ValueError, match="force_image_size"):

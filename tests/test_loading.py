@@ -112,10 +112,25 @@ def test_offline_hub_id_not_cached_says_what_to_do(offline_caches):
 def test_load_without_a_model_or_with_a_wrong_name_explains(tmp_path):
     with pytest.raises(ValueError, match="without a model name"):
         clipforge.load(weights="openai")  # a tag but no architecture: an error, not the bundled model
-    with pytest.raises(FileNotFoundError, match="neither an existing file"):
+    with pytest.raises(FileNotFoundError, match="is not a file or folder, a named architecture or a hub id"):
         clipforge.load(str(tmp_path / "nope.pt"))
     with pytest.raises(KeyError, match="ViT-B-32"):
         clipforge.load("ViT-B-32", weights="no-such-tag")
+    # A typo gets the close names; OpenAI's spelling is an architecture name.
+    with pytest.raises(FileNotFoundError, match="did you mean ViT-B-32"):
+        clipforge.load("ViT-B-23")
+    with pytest.raises(FileNotFoundError, match="did you mean clipforge-mini"):
+        clipforge.load("clipforge-mni")
+
+
+def test_an_architecture_without_weights_is_refused_unless_random_is_asked_for():
+    # A random model would answer with confident-looking nonsense: the tag is required.
+    for name in ("ViT-B-32", "ViT-B/32"):
+        with pytest.raises(ValueError, match="choose its weights, one of 'openai'.*'none' for a randomly initialised"):
+            clipforge.load(name)
+    model, preprocess, tokenizer = clipforge.load("ViT-B/32", weights="none")
+    assert model.config == clipforge.model_zoo.get_architecture("ViT-B-32")
+    assert preprocess.image_size == 224 and tokenizer.context_length == 77
 
 
 class _Payload:

@@ -21,6 +21,11 @@ RTOL = 1e-5
 VIT_ARCHS = [a for a in ALL_ARCHS if a.startswith("ViT")]
 
 
+def params(archs):
+    """Architectures as test parameters; the full-size ones (size is the point there) are `slow`."""
+    return [pytest.param(a, marks=pytest.mark.slow) if a in FULL_SIZE else a for a in archs]
+
+
 def depth_for(arch: str):
     return None if arch in FULL_SIZE else 2
 
@@ -55,7 +60,7 @@ def compare(model, pixels, tokens, image_fn, text_fn, logits_fn, label):
         assert_parity(logits_per_text, ref_logits.t(), f"{label} logits_per_text")
 
 
-@pytest.mark.parametrize("arch", OPENAI_ARCHS)
+@pytest.mark.parametrize("arch", params(OPENAI_ARCHS))
 def test_openai_state_dict(arch, tmp_path, real_pixels, real_tokens):
     """OpenAI's own model class, saved as a plain state dict, loaded without naming an arch."""
     ref = build_openai(arch, depth_for(arch))
@@ -68,7 +73,7 @@ def test_openai_state_dict(arch, tmp_path, real_pixels, real_tokens):
     compare(model, pixels, real_tokens, ref.encode_image, ref.encode_text, lambda p, t: ref(p, t)[0], f"openai {arch}")
 
 
-@pytest.mark.parametrize("arch", ALL_ARCHS + ["ViT-B-32-quickgelu"])
+@pytest.mark.parametrize("arch", params(ALL_ARCHS + ["ViT-B-32-quickgelu"]))
 def test_open_clip_safetensors(arch, tmp_path, real_pixels, real_tokens):
     """open_clip's CLIP (GELU for plain names, as open_clip builds them), saved as safetensors."""
     from safetensors.torch import save_file
@@ -89,7 +94,7 @@ def _open_clip_logits(ref, pixels, tokens):
     return scale * image @ text.t()
 
 
-@pytest.mark.parametrize("arch", VIT_ARCHS)
+@pytest.mark.parametrize("arch", params(VIT_ARCHS))
 def test_hf_directory(arch, tmp_path, real_pixels, real_tokens):
     """transformers' CLIPModel saved with save_pretrained; QuickGELU for OpenAI's shapes, GELU for LAION's."""
     depth = depth_for(arch)

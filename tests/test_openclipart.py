@@ -365,9 +365,12 @@ def test_missing_source_is_a_clear_error(tmp_path):
 # ---- the real packages --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # builds from the real Debian packages
 def test_real_packages_subset(tmp_path):
     """200 pairs from Debian's real openclipart-png / openclipart-svg (fetched once into the clipforge cache)."""
-    summary = oc.build(tmp_path / "oc", limit=200, progress=False, workers=0)
+    from image_fixtures import OPENCLIPART_CACHE
+
+    summary = oc.build(tmp_path / "oc", limit=200, progress=False, workers=0, cache_dir=OPENCLIPART_CACHE)
     assert set(summary.packages) == set(oc.PACKAGES)
     assert all(re.fullmatch(r"\d+:[\w.+~-]+", v) for v in summary.packages.values())
     assert 180 <= summary.n_pairs <= 200  # a few skips (no caption, tiny, too large) at most

@@ -15,7 +15,6 @@ import torch
 from clipforge.checkpoint_formats import CheckpointError, read_checkpoint
 from clipforge.checkpoint_formats.safe_pickle import open_torch_file
 
-torch.set_num_threads(1)
 
 
 class _SystemPayload:

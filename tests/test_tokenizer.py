@@ -116,6 +116,7 @@ def _has_special_for_openai(text: str) -> bool:
 # ---------------------------------------------------------------------------------- corpus
 
 
+@pytest.mark.slow  # the whole 30k-string corpus through the reference tokenizers
 def test_corpus_is_big_and_varied(corpus):
     assert sum(map(len, corpus.values())) >= MIN_SIZE
     for name in ("words", "unicode_names", "html", "mojibake", "multilingual", "emoji", "controls", "long",
@@ -127,6 +128,7 @@ def test_corpus_is_big_and_varied(corpus):
 # ------------------------------------------------------------------------ equality: OpenAI
 
 
+@pytest.mark.slow  # the whole 30k-string corpus through the reference tokenizers
 def test_openai_special_mode_equals_clip_tokenize_on_whole_corpus(corpus, openai_ids):
     tok = Tokenizer(special_tokens="openai")
     total, failures = 0, []
@@ -138,6 +140,7 @@ def test_openai_special_mode_equals_clip_tokenize_on_whole_corpus(corpus, openai
     assert not failures, f"{len(failures)} mismatches vs clip.tokenize, first ones:\n" + "\n".join(failures[:8])
 
 
+@pytest.mark.slow  # the whole 30k-string corpus through the reference tokenizers
 def test_default_equals_clip_tokenize_where_no_special_token_is_typed(corpus, openai_ids):
     tok = Tokenizer()
     total, skipped, failures = 0, 0, []
@@ -150,6 +153,7 @@ def test_default_equals_clip_tokenize_where_no_special_token_is_typed(corpus, op
     assert total >= MIN_SIZE and skipped < 100
 
 
+@pytest.mark.slow  # the whole 30k-string corpus through the reference tokenizers
 def test_single_texts_equal_batches(corpus, openai_ids):
     # Batches mix plain, cleaned and long texts; rows must come back in input order.
     tok = Tokenizer(special_tokens="openai")
@@ -164,6 +168,7 @@ def test_single_texts_equal_batches(corpus, openai_ids):
             assert torch.equal(single[0], openai_ids[n][i])
 
 
+@pytest.mark.slow  # the whole 30k-string corpus through the reference tokenizers
 @pytest.mark.parametrize("context_length", [2, 3, 10, 32, 77, 100])
 def test_other_context_lengths_equal_clip(corpus, context_length):
     texts = corpus["long"][:40] + corpus["captions"][:40] + corpus["mojibake"][:20] + ["", "a"]
@@ -214,6 +219,7 @@ def test_both_merge_loops_equal_openai_bpe():
 # --------------------------------------------------------------------- equality: open_clip
 
 
+@pytest.mark.slow  # the whole 30k-string corpus through the reference tokenizers
 def test_equals_open_clip_tokenize(corpus, open_clip_ids):
     # open_clip reads "<start_of_text>" / "<end_of_text>" as its special tokens instead.
     oc_special = re.compile(r"<(?:start|end)_of_text>")
@@ -247,6 +253,7 @@ def _hf_defined(text: str) -> bool:
     return all(m.group() == m.group().lower() for m in re.finditer(r"(?i)<\|(?:start|end)oftext\|>", text))
 
 
+@pytest.mark.slow  # the whole 30k-string corpus through the reference tokenizers
 def test_hf_padding_equals_transformers_where_defined(corpus, hf_ids):
     tok = Tokenizer(pad="hf", special_tokens="openai")
     total, failures = 0, []
@@ -350,6 +357,7 @@ def test_bad_options():
 # -------------------------------------------------------------------------------- decode
 
 
+@pytest.mark.slow  # the whole 30k-string corpus through the reference tokenizers
 def test_decode_round_trip_on_corpus(corpus):
     tok = Tokenizer()
     failures = []

@@ -24,6 +24,8 @@ from clipforge.train.synthetic import write_shapes_dataset
 from tiny_models import train_config
 from train_ddp_worker import VARIANTS, global_batch
 
+pytestmark = pytest.mark.slow  # training runs (make test-fast leaves them out)
+
 WORKER = Path(__file__).parent / "train_ddp_worker.py"
 TOL = 1e-5
 

@@ -22,6 +22,8 @@ from tiny_models import train_config_dict
 RUNNER = """
 import json, os, sys, time
 from clipforge.train import TrainConfig, train
+
+pytestmark = pytest.mark.slow  # training runs (make test-fast leaves them out)
 slow = float(os.environ.get("SLOW", "0"))
 train(TrainConfig.from_dict(json.load(open(sys.argv[1]))), callbacks=[lambda record: time.sleep(slow)])
 """

@@ -21,6 +21,8 @@ from clipforge.train import loop
 from clipforge.train.synthetic import draw_shape, shape_classes, write_shapes_dataset
 from tiny_models import TINY_TRAIN, train_config
 
+pytestmark = pytest.mark.slow  # training runs (make test-fast leaves them out)
+
 QUIET = {"progress": False, "workers": 0}
 
 

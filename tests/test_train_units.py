@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clipforge.train.augment import TrainTransform, sample_generator
+from clipforge.image.augment import TrainTransform, sample_generator
 from clipforge.train.checkpointing import (
     list_checkpoints,
     load_checkpoint,

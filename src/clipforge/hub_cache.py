@@ -93,11 +93,56 @@ def is_offline() -> bool:
     return any(_env_true(v) for v in _OFFLINE_VARS)
 
 
-def _offline_reason(offline_arg: Optional[bool]) -> str:
+def _offline_reason(offline_arg: Optional[bool], unreachable: Optional[str] = None) -> str:
+    if unreachable:
+        return f"no network: {unreachable}"
     if offline_arg:
         return "offline=True was passed"
     names = [f"{v}=1" for v in _OFFLINE_VARS if _env_true(v)]
     return " and ".join(names) + " is set"
+
+
+# Without a network, huggingface_hub and urllib retry and wait for half a minute before failing.
+# One short probe per host and process (DNS + TCP connect, in a thread so a hanging resolver is
+# bounded too) answers "is there a network?" in at most NETWORK_PROBE_SECONDS.
+NETWORK_PROBE_SECONDS = 2.0
+_PROBED: dict[str, Optional[str]] = {}
+
+
+def unreachable_reason(url: str) -> Optional[str]:
+    """None when `url`'s host accepts a TCP connection within NETWORK_PROBE_SECONDS, else why not.
+
+    Remembered per host for the life of the process. CLIPFORGE_SKIP_NETWORK_PROBE=1 skips the
+    probe (e.g. behind a proxy that only HTTP clients know about)."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    if _env_true("CLIPFORGE_SKIP_NETWORK_PROBE"):
+        return None
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    key = f"{host}:{port}"
+    if key in _PROBED:
+        return _PROBED[key]
+    result: list[Optional[str]] = [f"{key} did not answer within {NETWORK_PROBE_SECONDS:g} s"]
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=NETWORK_PROBE_SECONDS).close()
+            result[0] = None
+        except OSError as e:
+            result[0] = f"cannot reach {key} ({e.strerror or type(e).__name__})"
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(NETWORK_PROBE_SECONDS)
+    _PROBED[key] = result[0]
+    return result[0]
+
+
+def _hub_url() -> str:
+    return _hf_endpoint() or "https://huggingface.co"
 
 
 def _xdg_cache() -> Path:
@@ -341,7 +386,11 @@ def resolve_weights_file(
                 if not _is_hub_failure(exc):
                     raise
 
-    # (3) network.
+    # (3) network, after a quick check that there is one.
+    unreachable = None
+    if not is_off:
+        unreachable = unreachable_reason(_hub_url() if record.hf_hub_id else str(record.url))
+        is_off = unreachable is not None
     if not is_off:
         if record.hf_hub_id:
             for name in record.hf_filenames:
@@ -366,7 +415,7 @@ def resolve_weights_file(
                     _write_stamp(path, record.sha256.lower())
                 return path
 
-    raise WeightsNotFoundError(_weights_message(record, cache, looked, failures, is_off, offline)) from last_error
+    raise WeightsNotFoundError(_weights_message(record, cache, looked, failures, is_off, offline, unreachable)) from last_error
 
 
 def _weights_message(
@@ -376,6 +425,7 @@ def _weights_message(
     failures: list[str],
     is_off: bool,
     offline_arg: Optional[bool],
+    unreachable: Optional[str] = None,
 ) -> str:
     files = " or ".join(record.hf_filenames)
     wanted = []
@@ -385,7 +435,7 @@ def _weights_message(
         wanted.append(f"{record.url_filename} from {record.url} (sha256 {record.sha256})")
     lines = [f"No weights file found for {record.arch} with tag {record.tag!r}: looked for {' or '.join(wanted)}."]
     if is_off:
-        lines.append(f"Offline mode ({_offline_reason(offline_arg)}), so nothing was downloaded.")
+        lines.append(f"Offline ({_offline_reason(offline_arg, unreachable)}), so nothing was downloaded.")
     elif failures:
         lines.append("Downloading failed:")
         lines += [f"  - {f}" for f in failures]
@@ -402,10 +452,11 @@ def _weights_message(
     if record.url:
         lines.append(f"  - or download `curl -L -o {cache / str(record.url_filename)} {record.url}`;")
     lines.append(
-        f"  - or pass the file's path to clipforge.load(\"/path/to/file\", arch={record.arch!r}). "
+        f"  - or use the file directly: `--model /path/to/file --arch {record.arch}` on the command line, "
+        f"clipforge.load(\"/path/to/file\", arch={record.arch!r}) in Python. "
         "Set CLIPFORGE_CACHE to use another cache folder."
     )
-    if is_off:
+    if is_off and not unreachable:
         lines.append("  - or allow downloads: unset HF_HUB_OFFLINE / CLIPFORGE_OFFLINE (or pass offline=False).")
     return "\n".join(lines)
 
@@ -447,6 +498,10 @@ def resolve_hf_repo_dir(hub_id: str, *, offline: Optional[bool] = None) -> Path:
     if snapshot is not None and hf_repo_weight_files(snapshot):
         return snapshot
 
+    unreachable = None
+    if not is_off:
+        unreachable = unreachable_reason(_hub_url())
+        is_off = unreachable is not None
     if not is_off:
         from huggingface_hub import snapshot_download
 
@@ -475,11 +530,12 @@ def resolve_hf_repo_dir(hub_id: str, *, offline: Optional[bool] = None) -> Path:
             if (snapshot / "config.json").is_file() and hf_repo_weight_files(snapshot):
                 return snapshot
 
-    raise WeightsNotFoundError(_hf_repo_message(hub_id, snapshot, failures, is_off, offline)) from last_error
+    raise WeightsNotFoundError(_hf_repo_message(hub_id, snapshot, failures, is_off, offline, unreachable)) from last_error
 
 
 def _hf_repo_message(
-    hub_id: str, snapshot: Optional[Path], failures: list[str], is_off: bool, offline_arg: Optional[bool]
+    hub_id: str, snapshot: Optional[Path], failures: list[str], is_off: bool, offline_arg: Optional[bool],
+    unreachable: Optional[str] = None,
 ) -> str:
     hf_cache = hf_hub_cache_dir()
     have_config = snapshot is not None and (snapshot / "config.json").is_file()
@@ -490,7 +546,7 @@ def _hf_repo_message(
         f"Hugging Face repo {hub_id} is not available locally: missing {' and '.join(missing)} in {where}.",
     ]
     if is_off:
-        lines.append(f"Offline mode ({_offline_reason(offline_arg)}), so nothing was downloaded.")
+        lines.append(f"Offline ({_offline_reason(offline_arg, unreachable)}), so nothing was downloaded.")
     elif failures:
         lines.append("Downloading failed:")
         lines += [f"  - {f}" for f in failures]
@@ -500,8 +556,9 @@ def _hf_repo_message(
         f"  - on a machine with internet access run "
         f"`hf download {hub_id} config.json model.safetensors`, copy its Hugging Face cache folder "
         f"here and set HF_HOME (or HF_HUB_CACHE) to it;",
-        "  - or pass a folder holding config.json and model.safetensors to clipforge.load(\"/path/to/folder\");",
+        "  - or use a folder holding config.json and model.safetensors directly: `--model /path/to/folder` on the "
+        "command line, clipforge.load(\"/path/to/folder\") in Python;",
     ]
-    if is_off:
+    if is_off and not unreachable:
         lines.append("  - or allow downloads: unset HF_HUB_OFFLINE / CLIPFORGE_OFFLINE (or pass offline=False).")
     return "\n".join(lines)

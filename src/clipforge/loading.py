@@ -3,9 +3,12 @@
 Resolution order for `load(name_or_path, weights=None, arch=None)`:
 0. nothing, or "clipforge-mini" -> the bundled default model (in the package: no download);
 1. an existing local path (file or directory) -> read it, whatever its format;
-2. a named architecture (`"ViT-B-32"`, `"ViT-B-32-quickgelu"`) with an optional weights tag
-   (`weights="openai"`); without a tag the model is randomly initialised (as open_clip does);
+2. a named architecture (`"ViT-B-32"`, `"ViT-B-32-quickgelu"`, OpenAI's `"ViT-B/32"`) with its
+   weights tag (`weights="openai"`); `weights="none"` asks for a randomly initialised model. A
+   name without a tag is an error listing the tags: a random model must never answer by accident;
 3. a Hugging Face hub id (`"openai/clip-vit-large-patch14"`) -> the hub cache (download if online).
+A name that is none of these gets the close matches among the bundled model, the architectures
+and the known hub ids.
 
 What the config of a loaded file is, in order: the config stored in a clipforge file or a
 transformers directory; else the named `arch`; else inferred from tensor shapes the way OpenAI's
@@ -38,11 +41,15 @@ from clipforge.models import ClipModel
 from clipforge.text import Tokenizer
 
 SaveFormat = Literal["clipforge", "openai", "open_clip", "hf"]
-BUNDLED_MODEL_NAME = "clipforge-mini"  # `load()` and `load("clipforge-mini")` both give the bundled model
+BUNDLED_MODEL_NAME = model_zoo.BUNDLED_MODEL_NAME  # `load()` and `load("clipforge-mini")` both give the bundled model
 
 
 class ConfigMismatchError(ClipforgeError, ValueError):
     """The weights declare numerics (activation, eps, shapes) that differ from the requested architecture."""
+
+
+class WeightsRequiredError(InvalidInputError):
+    """A named architecture without a weights tag: clipforge never hands out a random model silently."""
 
 
 def load(
@@ -74,16 +81,15 @@ def load(
     if Path(name).expanduser().exists():
         model, preprocess_cfg, fmt = _load_path(Path(name).expanduser(), arch)
     elif weights is not None or _is_architecture(name):
+        name = model_zoo.OPENAI_MODEL_NAMES.get(name, name)  # OpenAI's "ViT-B/32" spelling
         if arch is not None and arch != name:
             raise InvalidInputError(f"got both a named architecture {name!r} and arch={arch!r}; pass one")
         model, preprocess_cfg, fmt = _load_named(name, weights, cache_dir=cache_dir, offline=offline)
     elif "/" in name and not name.startswith((".", "/")):
         model, preprocess_cfg, fmt = _load_hub_id(name, arch, offline=offline)
     else:
-        raise MissingFileError(
-            f"{name!r} is neither an existing file or directory, a named architecture "
-            f"(e.g. {', '.join(model_zoo.list_architectures()[:4])}, ...), nor a Hugging Face hub id (org/name)"
-        )
+        raise MissingFileError(f"{name!r} is not a file or folder, a named architecture or a hub id (org/name); "
+                               + model_zoo.suggest_names(name))
 
     model = model.to(device=device, dtype=dtype).eval()
     mode = preprocess_mode or ("hf" if fmt == "hf" else "openai")
@@ -129,7 +135,10 @@ def build_model(config: ClipConfig, canonical_state_dict: dict[str, torch.Tensor
 
 
 def _is_architecture(name: str) -> bool:
-    return name in model_zoo.ARCHITECTURES
+    return name in model_zoo.ARCHITECTURES or name in model_zoo.OPENAI_MODEL_NAMES
+
+
+RANDOM_WEIGHTS = "none"  # weights="none": a randomly initialised model, asked for on purpose
 
 
 def _load_named(
@@ -138,6 +147,13 @@ def _load_named(
     from clipforge import hub_cache
 
     if tag is None:
+        model_zoo.get_architecture(name)  # an unknown name is reported as such first
+        raise WeightsRequiredError(
+            f"{name} is an architecture: choose its weights, {model_zoo.describe_tags(name)} "
+            f"(--weights TAG on the command line, weights=TAG in Python), or '{RANDOM_WEIGHTS}' for a randomly "
+            "initialised model"
+        )
+    if tag == RANDOM_WEIGHTS:
         config = model_zoo.get_architecture(name)
         return ClipModel(config), PreprocessConfig(image_size=config.image_size), "clipforge"
     record = model_zoo.get_weights(name, tag)
@@ -159,7 +175,16 @@ def _load_hub_id(hub_id: str, arch: Union[str, ClipConfig, None], *, offline: Op
     from clipforge import hub_cache
 
     record = model_zoo.lookup_hf_hub_id(hub_id)
-    directory = hub_cache.resolve_hf_repo_dir(hub_id, offline=offline)
+    try:
+        directory = hub_cache.resolve_hf_repo_dir(hub_id, offline=offline)
+    except hub_cache.WeightsNotFoundError as e:
+        if record is not None:
+            raise
+        # Not a repo clipforge knows and not in the cache: maybe a typo of one it knows.
+        raise hub_cache.WeightsNotFoundError(
+            f"no such model known: {hub_id!r} is not a hub id clipforge knows and it is not in the Hugging Face "
+            f"cache; {model_zoo.suggest_names(hub_id)}\n{e}"
+        ) from None
     model, preprocess_cfg, fmt = _load_path(directory, arch)
     if record is not None and preprocess_cfg is None:
         preprocess_cfg = record.preprocess

@@ -398,6 +398,28 @@ def list_models() -> list[tuple[str, str]]:
     return [(r.arch, r.tag) for r in WEIGHTS.values()]
 
 
+def describe_tags(arch: str) -> str:
+    """"one of 'openai', 'laion2b_s34b_b79k'" (the weights tags known for `arch`), or that none are."""
+    base = _base_name(OPENAI_MODEL_NAMES.get(arch, arch))
+    tags = [t for (a, t) in WEIGHTS if a == base]
+    return "one of " + ", ".join(repr(t) for t in tags) if tags else f"(no named weights are known for {base})"
+
+
+BUNDLED_MODEL_NAME = "clipforge-mini"
+
+
+def suggest_names(name: str) -> str:
+    """"did you mean: X, Y?" among every name `clipforge.load` knows (the bundled model, architectures
+    in both spellings, hub ids); or where to see them all."""
+    known = [BUNDLED_MODEL_NAME, *ARCHITECTURES, *OPENAI_MODEL_NAMES, *HF_HUB_IDS,
+             *(r.hf_hub_id for r in WEIGHTS.values() if r.hf_hub_id)]
+    close = difflib.get_close_matches(name, list(dict.fromkeys(known)), n=3, cutoff=0.6)
+    if not close and "/" in name:  # a hub id: compare within the same organisation
+        org = name.split("/")[0].lower()
+        close = difflib.get_close_matches(name, [k for k in known if k.lower().startswith(org + "/")], n=3, cutoff=0.0)
+    return f"did you mean {' or '.join(close)}?" if close else "`clipforge models` lists the names clipforge knows"
+
+
 def lookup_hf_hub_id(hub_id: str) -> Optional[WeightsRecord]:
     """What a hub id is, before touching any file; None when unknown.
 

@@ -82,7 +82,8 @@ def storage_dtype(precision: str) -> str:
 
 def run_command(command: str, func: Any, args: argparse.Namespace) -> int:
     """Run a command's function; a user-facing error (`ClipforgeError`), an OS error (disk full, no
-    permission) or Ctrl-C ends in one line on stderr and a non-zero exit, never a traceback.
+    permission) or Ctrl-C ends in one error line on stderr (followed by the message's advice lines,
+    if it has any) and a non-zero exit, never a traceback.
     CLIPFORGE_DEBUG=1 re-raises, for the traceback. Any other exception is a bug and shows its traceback.
     """
     from clipforge.errors import ClipforgeError
@@ -95,7 +96,12 @@ def run_command(command: str, func: Any, args: argparse.Namespace) -> int:
     except (ClipforgeError, OSError) as err:
         if os.environ.get("CLIPFORGE_DEBUG"):
             raise
-        print(f"clipforge {command}: error: {printable(_describe(err))}", file=sys.stderr)
+        # The first line states the error; a message with advice (what was looked for, how to
+        # provide it) keeps its further lines, printed as they are written.
+        first, *advice = _describe(err).split("\n")
+        print(f"clipforge {command}: error: {printable(first)}", file=sys.stderr)
+        for line in advice:
+            print(printable(line), file=sys.stderr)
         return 1
 
 
@@ -103,7 +109,7 @@ def _describe(err: BaseException) -> str:
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         where = f" writing {err.filename}" if err.filename else ""
         return f"no space left on the device{where}; free some space and run the command again (finished work is kept)"
-    return " ".join(str(err).split()) or type(err).__name__
+    return str(err).strip() or type(err).__name__
 
 
 # ---- images, lists and batches -------------------------------------------------------------------

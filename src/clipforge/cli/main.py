@@ -14,10 +14,13 @@ EXAMPLES = """examples:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from clipforge.model_zoo import list_models
+    from clipforge import model_zoo
 
-    for arch, tag in list_models():
+    print(f"{model_zoo.BUNDLED_MODEL_NAME}\t(bundled, the default: no download)")
+    for arch, tag in model_zoo.list_models():
         print(f"{arch}\t{tag}")
+    for hub_id, (arch, tag) in model_zoo.HF_HUB_IDS.items():
+        print(f"{hub_id}\t(Hugging Face repo: {arch}, {tag})")
     return 0
 
 
@@ -41,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("models", help="list named architectures and weights")
+    p = sub.add_parser("models", help="list the bundled model, named architectures with their weights tags, and known hub ids")
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser(

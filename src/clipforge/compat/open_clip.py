@@ -14,7 +14,8 @@ logits_per_text)` instead, which is why the adapter exists.
 Differences from open_clip, on purpose:
 - `("ViT-B-32", pretrained="openai")` builds the QuickGELU model the weights were trained with
   (open_clip 3.x builds GELU for the plain name and only warns);
-- `preprocess_train` is the evaluation transform: clipforge has no training augmentation yet;
+- `preprocess_train` is `clipforge.image.augment.TrainTransform` (open_clip's training transform:
+  RandomResizedCrop(scale 0.9-1), RGB, normalize), random from torch's global RNG like torchvision's;
 - precision "fp16"/"bf16" casts every parameter (open_clip keeps LayerNorm weights in fp32);
   clipforge's LayerNorm computes in fp32 either way;
 - the tokenizer reads a typed "<start_of_text>"/"<end_of_text>" as plain text (open_clip's
@@ -35,6 +36,7 @@ import torch
 
 from clipforge.errors import InvalidInputError
 from clipforge.image import Preprocess
+from clipforge.image.augment import TrainTransform
 from clipforge.models import ClipModel
 from clipforge.models.vision_transformer import VisionTransformer
 from clipforge.text import Tokenizer
@@ -134,13 +136,14 @@ def create_model_and_transforms(
     cache_dir: Optional[str] = None,
     output_dict: Optional[bool] = None,
     **kwargs: Any,
-) -> tuple[OpenClipModel, Preprocess, Preprocess]:
+) -> tuple[OpenClipModel, TrainTransform, Preprocess]:
     """open_clip's `create_model_and_transforms`: `(model, preprocess_train, preprocess_val)`.
 
-    `preprocess_train` is the same evaluation transform as `preprocess_val` (resize the shortest side,
-    center crop, normalize): clipforge has no training augmentation yet, so random-crop training
-    augmentation must be added by the caller. `image_mean`, `image_std` and `image_interpolation`
-    override the weights' own preprocessing numbers, as in open_clip.
+    `preprocess_train` is open_clip's training transform (random resized crop at scale 0.9-1, RGB,
+    normalize; `clipforge.image.augment.TrainTransform`, drawing from torch's global RNG), and
+    `preprocess_val` the evaluation transform (resize the shortest side, center crop, normalize).
+    `image_mean`, `image_std` and `image_interpolation` override the weights' own preprocessing
+    numbers, as in open_clip.
     """
     model, preprocess = _create(model_name, pretrained, load_weights, precision, device, jit, force_quick_gelu,
                                 cache_dir=cache_dir, output_dict=output_dict, **kwargs)
@@ -153,7 +156,9 @@ def create_model_and_transforms(
         overrides["interpolation"] = image_interpolation
     if overrides:
         preprocess = Preprocess(dataclasses.replace(preprocess.config, **overrides))
-    return model, preprocess, preprocess
+    config = preprocess.config
+    train = TrainTransform(config.image_size, config.mean, config.std, interpolation=config.interpolation)
+    return model, train, preprocess
 
 
 def get_tokenizer(model_name: str = "", context_length: Optional[int] = None, **kwargs: Any) -> Tokenizer:
@@ -234,8 +239,8 @@ def _create(
         name = model_name.replace("/", "-")  # open_clip accepts OpenAI's "ViT-B/32" spelling too
         if force_quick_gelu and not name.endswith("-quickgelu"):
             name += "-quickgelu"
-        if pretrained is None or not load_weights:
-            model, preprocess, _ = clipforge.load(name, device=device, dtype=dtype)
+        if pretrained is None or not load_weights:  # open_clip's meaning: a randomly initialised model
+            model, preprocess, _ = clipforge.load(name, weights="none", device=device, dtype=dtype)
         elif Path(os.fspath(pretrained)).expanduser().exists():
             model, preprocess, _ = clipforge.load(pretrained, arch=name, device=device, dtype=dtype)
         else:

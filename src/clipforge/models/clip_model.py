@@ -143,7 +143,7 @@ class ClipModel(nn.Module):
         """
         self._check_tokens(tokens)
         packing = TokenPacking.from_lengths(self.eot_positions(tokens) + 1)
-        real_tokens = packing.pack(tokens[:, : packing.length])
+        real_tokens = packing.pack(tokens[:, : packing.padded_length])
         x = self.token_embedding(real_tokens) + self.positional_embedding[packing.positions].to(self.dtype)
         last = self.transformer(x, is_causal=True, packing=packing, last_token_only=True)  # [batch, width]
         features = self.ln_final(last) @ self.text_projection

@@ -53,14 +53,14 @@ class TokenPacking:
     """
 
     lengths: torch.Tensor  # [batch]: real tokens per row, at its start
-    length: int  # padded length
+    padded_length: int  # the longest row: the padded layout is [batch, padded_length]
     index: torch.Tensor  # [n_real_tokens]: their positions in the flattened [batch * length] layout
 
     @classmethod
     def from_lengths(cls, lengths: torch.Tensor) -> "TokenPacking":
-        length = int(lengths.max())
-        real = torch.arange(length, device=lengths.device) < lengths[:, None]  # [batch, length]
-        return cls(lengths, length, real.flatten().nonzero().squeeze(1))
+        padded_length = int(lengths.max())
+        real = torch.arange(padded_length, device=lengths.device) < lengths[:, None]  # [batch, padded_length]
+        return cls(lengths, padded_length, real.flatten().nonzero().squeeze(1))
 
     @property
     def batch(self) -> int:
@@ -69,7 +69,7 @@ class TokenPacking:
     @property
     def positions(self) -> torch.Tensor:
         """[n_real_tokens]: each real token's position within its row."""
-        return self.index % self.length
+        return self.index % self.padded_length
 
     @property
     def last_index(self) -> torch.Tensor:
@@ -82,8 +82,8 @@ class TokenPacking:
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
         """[n_real_tokens, ...] -> [batch, length, ...], zeros at the padding."""
-        out = x.new_zeros(self.batch * self.length, *x.shape[1:])
-        return out.index_copy(0, self.index, x).view(self.batch, self.length, *x.shape[1:])
+        out = x.new_zeros(self.batch * self.padded_length, *x.shape[1:])
+        return out.index_copy(0, self.index, x).view(self.batch, self.padded_length, *x.shape[1:])
 
 
 def attend(

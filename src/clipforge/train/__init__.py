@@ -26,7 +26,7 @@ _LAZY = {
     "SigLipLoss": "clipforge.train.loss",
     "wise_ft": "clipforge.train.finetune",
     "freeze_tower": "clipforge.train.finetune",
-    "TrainTransform": "clipforge.train.augment",
+    "TrainTransform": "clipforge.image.augment",
     "load_checkpoint": "clipforge.train.checkpointing",
     "write_shapes_dataset": "clipforge.train.synthetic",
 }

@@ -39,7 +39,7 @@ from clipforge.sources.webdataset import (
     expand_shards,
     iter_tar_samples,
 )
-from clipforge.train.augment import TrainTransform, sample_generator
+from clipforge.image.augment import TrainTransform, sample_generator
 
 logger = logging.getLogger("clipforge.train")
 

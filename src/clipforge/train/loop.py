@@ -27,7 +27,7 @@ from clipforge.errors import ClipforgeRuntimeError, InvalidInputError
 from clipforge.image import Preprocess
 from clipforge.models import ClipModel
 from clipforge.text import Tokenizer
-from clipforge.train.augment import TrainTransform
+from clipforge.image.augment import TrainTransform
 from clipforge.train.checkpointing import (
     latest_checkpoint,
     load_checkpoint,
@@ -362,11 +362,8 @@ class _Run:
         metrics = None
         if self.info.is_main:
             self.model.eval()
-            try:
-                with torch.no_grad():
-                    metrics = call_evaluate(self.model, self.preprocess, self.tokenizer, self.config)
-            except ImportError as e:  # clipforge.evaluation missing: training results matter more
-                logger.warning("evaluation skipped (%s); training continues", e)
+            with torch.no_grad():
+                metrics = call_evaluate(self.model, self.preprocess, self.tokenizer, self.config)
             set_train_mode(self.model, self.config.model.freeze)
         self._interval_start = time.perf_counter()  # samples/s measures training, not evaluation
         if metrics is not None:
@@ -440,10 +437,7 @@ class _Run:
         eval_metrics = self._evaluate(final=True)
         if info.is_main:
             if eval_metrics is not None:
-                try:
-                    call_write_report(eval_metrics, self.out_dir, self.metrics_path)
-                except ImportError as e:  # the evaluation package is optional at this layer
-                    logger.warning("no report written: %s", e)
+                call_write_report(eval_metrics, self.out_dir, self.metrics_path)
             if config.run.plot:
                 plot_curves(self.metrics_path, self.out_dir / "curves.png")
             if self._tb is not None:

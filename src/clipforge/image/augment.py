@@ -19,7 +19,7 @@ are spread over ranks and DataLoader workers, and makes resumed runs exact.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -108,7 +108,8 @@ class TrainTransform:
                 f"hue_jitter={self.hue_jitter}, grayscale_p={self.grayscale_p}, outline_p={self.outline_p}, "
                 f"silhouette_p={self.silhouette_p})")
 
-    def __call__(self, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, image: Image.Image, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Augment one image. `generator` None draws from torch's global RNG, as torchvision's transforms do."""
         image = to_8bit(image)  # 16-bit greyscale scaled, as clipforge's Preprocess does
         top, left, h, w = random_resized_crop_params(image.width, image.height, self.scale, self.ratio, generator)
         # Crop then resize, in this order and with these PIL calls, as torchvision's PIL path does.
