@@ -47,7 +47,7 @@ def convert(
     rtol: float = 1e-5,
 ) -> ConversionReport:
     """Load `source`, convert to `to`, verify the converted weights give the same numbers, then write."""
-    model, _, _ = load(source, arch=arch)
+    model, preprocess, _ = load(source, arch=arch)
     canonical = {k: v.detach() for k, v in model.state_dict().items()}
     if to != "clipforge":
         # Go through the target layout and back in memory: this is exactly what a reader of the file will see.
@@ -56,7 +56,7 @@ def convert(
     diff, scale = compare_models(model, converted)
     if diff > rtol * max(scale, 1.0):
         raise ClipforgeRuntimeError(f"conversion of {source} to {to} changes outputs: max abs difference {diff:.3g} (scale {scale:.3g}); nothing written")
-    save(converted, destination, format=to)
+    save(converted, destination, format=to, preprocess=preprocess)
     # Read back what was written: it must hold exactly the tensors we checked.
     written = to_canonical(read_checkpoint(Path(destination)).state_dict, to)
     for key, tensor in canonical.items():

@@ -9,7 +9,7 @@ Anything else escaping the CLI is a bug in clipforge, and its traceback is shown
 
 from __future__ import annotations
 
-__all__ = ["ClipforgeError", "InvalidInputError", "MissingFileError", "ClipforgeRuntimeError"]
+__all__ = ["ClipforgeError", "InvalidInputError", "MissingFileError", "ClipforgeRuntimeError", "MissingExtraError"]
 
 
 class ClipforgeError(Exception):
@@ -26,3 +26,7 @@ class MissingFileError(ClipforgeError, FileNotFoundError):
 
 class ClipforgeRuntimeError(ClipforgeError, RuntimeError):
     """A run that cannot go on (a check failed, the data ran dry); the message says what happened."""
+
+
+class MissingExtraError(ClipforgeError, ImportError):
+    """An optional dependency a feature needs is not installed; the message names the pip extra."""

@@ -103,41 +103,46 @@ def _offline_reason(offline_arg: Optional[bool], unreachable: Optional[str] = No
 
 
 # Without a network, huggingface_hub and urllib retry and wait for half a minute before failing.
-# One short probe per host and process (DNS + TCP connect, in a thread so a hanging resolver is
-# bounded too) answers "is there a network?" in at most NETWORK_PROBE_SECONDS.
+# One short probe per host and process answers "can we talk to it?" in at most NETWORK_PROBE_SECONDS:
+# a HEAD request, run in a thread so that a hanging resolver is bounded too. Any HTTP answer (even an
+# error status) means reachable; a refused or hanging connection, or a TLS certificate that is not
+# the host's (an intercepting sandbox), means not.
 NETWORK_PROBE_SECONDS = 2.0
 _PROBED: dict[str, Optional[str]] = {}
 
 
 def unreachable_reason(url: str) -> Optional[str]:
-    """None when `url`'s host accepts a TCP connection within NETWORK_PROBE_SECONDS, else why not.
+    """None when `url`'s server answers an HTTP request within NETWORK_PROBE_SECONDS, else why not.
 
-    Remembered per host for the life of the process. CLIPFORGE_SKIP_NETWORK_PROBE=1 skips the
-    probe (e.g. behind a proxy that only HTTP clients know about)."""
-    import socket
+    Remembered per scheme://host:port for the life of the process. CLIPFORGE_SKIP_NETWORK_PROBE=1
+    skips the probe."""
     import threading
+    import urllib.error
+    import urllib.request
     from urllib.parse import urlsplit
 
     if _env_true("CLIPFORGE_SKIP_NETWORK_PROBE"):
         return None
     parts = urlsplit(url)
-    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-    key = f"{host}:{port}"
-    if key in _PROBED:
-        return _PROBED[key]
-    result: list[Optional[str]] = [f"{key} did not answer within {NETWORK_PROBE_SECONDS:g} s"]
+    origin = f"{parts.scheme}://{parts.netloc}"
+    if origin in _PROBED:
+        return _PROBED[origin]
+    result: list[Optional[str]] = [f"{parts.netloc} did not answer within {NETWORK_PROBE_SECONDS:g} s"]
 
     def probe() -> None:
         try:
-            socket.create_connection((host, port), timeout=NETWORK_PROBE_SECONDS).close()
+            urllib.request.urlopen(urllib.request.Request(origin + "/", method="HEAD"), timeout=NETWORK_PROBE_SECONDS).close()
             result[0] = None
-        except OSError as e:
-            result[0] = f"cannot reach {key} ({e.strerror or type(e).__name__})"
+        except urllib.error.HTTPError:
+            result[0] = None  # the server answered
+        except (OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            result[0] = f"cannot reach {parts.netloc} ({getattr(reason, 'strerror', None) or reason})"
 
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
-    thread.join(NETWORK_PROBE_SECONDS)
-    _PROBED[key] = result[0]
+    thread.join(NETWORK_PROBE_SECONDS + 0.5)
+    _PROBED[origin] = result[0]
     return result[0]
 
 

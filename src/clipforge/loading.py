@@ -107,11 +107,48 @@ def bundled_model_path() -> Path:
     return path
 
 
-def save(model: ClipModel, path: Union[str, Path], format: SaveFormat = "clipforge") -> Path:
-    """Write `model` as a clipforge safetensors file, an OpenAI state dict, an open_clip file or a transformers dir."""
+def save(
+    model: ClipModel, path: Union[str, Path], format: SaveFormat = "clipforge", *,
+    preprocess: Optional[Preprocess] = None,
+) -> Path:
+    """Write `model` as a clipforge safetensors file, an OpenAI state dict, an open_clip file or a transformers dir.
+
+    A transformers directory is complete: config.json and the weights, the tokenizer files and
+    preprocessor_config.json (from `preprocess`, else OpenAI's numbers at the model's image size), so
+    `CLIPModel.from_pretrained(path)` and `CLIPProcessor.from_pretrained(path)` both open it.
+    """
     state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_checkpoint(state_dict, model.config, Path(path), format)
-    return Path(path)
+    path = Path(path)
+    write_checkpoint(state_dict, model.config, path, format)
+    if format == "hf":
+        _write_hf_processor_files(path, model.config, preprocess.config if preprocess is not None else None)
+    return path
+
+
+def _write_hf_processor_files(directory: Path, config: ClipConfig, preprocess: Optional[PreprocessConfig]) -> None:
+    from clipforge.atomic_files import atomic_write_text
+    from clipforge.text.hf_files import hf_tokenizer_files
+
+    preprocess = preprocess or PreprocessConfig(image_size=config.image_size)
+    for name, text in hf_tokenizer_files(context_length=config.text.context_length).items():
+        atomic_write_text(directory / name, text)
+    size = preprocess.image_size
+    image_processor = {
+        "image_processor_type": "CLIPImageProcessor",
+        "processor_class": "CLIPProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": size},
+        "resample": 2 if preprocess.interpolation == "bilinear" else 3,  # PIL's BILINEAR / BICUBIC
+        "do_center_crop": True,
+        "crop_size": {"height": size, "width": size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(preprocess.mean),
+        "image_std": list(preprocess.std),
+        "do_convert_rgb": True,
+    }
+    atomic_write_text(directory / "preprocessor_config.json", json.dumps(image_processor, indent=2) + "\n")
 
 
 def build_model(config: ClipConfig, canonical_state_dict: dict[str, torch.Tensor], source: str) -> ClipModel:
@@ -195,7 +232,7 @@ def _load_path(path: Path, arch: Union[str, ClipConfig, None]) -> tuple[ClipMode
     checkpoint = read_checkpoint(path)
     config = model_zoo.get_architecture(arch) if isinstance(arch, str) else arch
     model = _model_from_checkpoint(checkpoint, config, source=str(path))
-    preprocess_cfg = _hf_preprocess_config(path) if checkpoint.format == "hf" else None
+    preprocess_cfg = hf_preprocess_config(path) if checkpoint.format == "hf" else None
     return model, preprocess_cfg, checkpoint.format
 
 
@@ -232,7 +269,7 @@ def _check_same_numerics(requested: ClipConfig, declared: ClipConfig, source: st
             )
 
 
-def _hf_preprocess_config(directory: Path) -> Optional[PreprocessConfig]:
+def hf_preprocess_config(directory: Path) -> Optional[PreprocessConfig]:
     """Image size and mean/std from transformers' image-processor config, when the directory has one.
 
     `CLIPImageProcessor.save_pretrained` writes preprocessor_config.json; transformers 5's

@@ -6,7 +6,6 @@ torch and the model are imported inside the command so that `clipforge --help` s
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
@@ -16,7 +15,6 @@ from clipforge.cli.common import (
     load_model,
     storage_dtype,
 )
-from clipforge.errors import MissingFileError
 
 EPILOG = """examples:
   clipforge embed photos/ --out emb/ --model ViT-B-32 --weights openai
@@ -28,16 +26,14 @@ Run the same command again after an interruption: it resumes where it stopped.
 """
 
 def _run(args: argparse.Namespace) -> int:
-    from clipforge.sources import source_kind
+    from clipforge.sources import read_source
     from clipforge.tasks.embedding import embed
 
-    # Fail on a mistyped SOURCE before spending time loading the model.
-    if source_kind(args.source) != "webdataset" and not os.path.exists(args.source):
-        raise MissingFileError(f"source {args.source!r} does not exist")
-
+    # Read SOURCE before spending time loading the model: a mistyped or empty one fails at once.
+    items = read_source(args.source)
     model, preprocess, tokenizer = load_model(args)
     summary = embed(
-        model, preprocess, tokenizer, args.source, args.out,
+        model, preprocess, tokenizer, items, args.out, source_name=args.source,
         batch_size=args.batch_size, num_workers=args.workers, dtype=storage_dtype(args.precision),
         shard_size=args.shard_size, progress=not args.no_progress,
     )

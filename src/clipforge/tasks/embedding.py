@@ -38,7 +38,7 @@ import torch
 
 from clipforge.encoding import encode_images, encode_texts, model_fingerprint
 from clipforge.errors import InvalidInputError
-from clipforge.sources import SourceItem, items_digest, read_source, source_kind
+from clipforge.sources import SourceError, SourceItem, items_digest, read_source, source_kind
 from clipforge.tasks.embedding_store import (
     EXAMPLES_PER_CODE,
     FORMAT_VERSION,
@@ -227,11 +227,13 @@ def embed(
     rank: Optional[int] = None,
     world_size: Optional[int] = None,
     progress: bool = True,
+    source_name: Optional[str] = None,
 ) -> EmbedSummary:
     """Embed every item of `source` into `out_dir` (see the module docstring for the layout).
 
     source: a folder, a file list, a CSV/TSV/JSONL table, WebDataset tar shards (see
-        `clipforge.sources`), or a list of `SourceItem`s.
+        `clipforge.sources`), or a list of `SourceItem`s (then `source_name` says, for the record,
+        what they were read from).
     dtype: how vectors are stored, float32 or float16; None: float16 for a half-precision model,
         else float32. Computation happens in the model's own dtype and device.
     rank / world_size: this process's share of the work; None: from RANK / WORLD_SIZE (torchrun).
@@ -244,8 +246,12 @@ def embed(
     storage = _storage_dtype(dtype, model)
     if isinstance(source, (str, os.PathLike)):
         source_name, kind, items = os.fspath(source), source_kind(os.fspath(source)), read_source(os.fspath(source))
+    elif source_name is not None:
+        kind, items = source_kind(source_name), list(source)
     else:
         source_name, kind, items = "<items>", "items", list(source)
+    if not items:
+        raise SourceError(f"nothing to embed: {source_name!r} holds no images or captions")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.eval()

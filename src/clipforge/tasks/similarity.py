@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from clipforge.encoding import encode_pixels, encode_tokens
+from clipforge.errors import MissingExtraError
 from clipforge.errors import InvalidInputError
 
 __all__ = ["similarity_matrix", "plot_similarity"]
@@ -55,7 +56,7 @@ def plot_similarity(
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("plot_similarity needs matplotlib, which clipforge does not install: pip install matplotlib") from None
+        raise MissingExtraError("the heatmap (--png) needs matplotlib: pip install 'clipforge[plot]'") from None
 
     values = matrix.detach().float().cpu().numpy()
     if values.ndim != 2 or values.shape != (len(images), len(texts)):
