@@ -143,7 +143,7 @@ async function moreLike(hit) {
   $("focus-img").alt = hit.caption || basename(hit.path);
   showResults(done.body.results);
   say(`${done.body.results.length} items most like ${basename(hit.path)} (${done.seconds} s)`);
-  window.scrollTo({ top: $("focus").offsetTop - 8, behavior: "smooth" });
+  $("focus").scrollIntoView({ block: "start" });
 }
 
 function setImage(file) {
