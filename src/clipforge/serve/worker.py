@@ -3,11 +3,12 @@
 Why one thread: a model on one device runs one forward at a time best; many request threads
 calling it at once would fight over the same cores (or GPU) and each pay for a batch of one.
 Instead every request puts a job on a queue and waits on a `Future`. The worker takes the first
-job, then keeps taking jobs for up to `max_wait` seconds or until it holds `max_batch` of them, and
+job and every job already queued behind it, up to `max_batch`; when the previous batch held more
+than one job (the server is under load) it also waits up to `max_wait` seconds for more. Then it
 encodes all the texts in one `encode_texts` call and all the images in one `encode_pixels` call
 (clipforge's one batch-encoding path; its results do not depend on how rows are batched, up to
-float rounding). Under load the batches fill up while the previous one runs, so throughput grows
-with the number of clients; alone, a request waits at most `max_wait` more.
+float rounding). Under load the queue fills while the previous batch runs, so throughput grows
+with the number of clients; a lone client is never made to wait.
 
 `call(fn)` runs any other model work (building a zero-shot classifier) on the same thread, so the
 model is only ever used from one thread. A job whose future was cancelled (its request timed out)
@@ -138,12 +139,14 @@ class BatchingEncoder:
 
     def _loop(self) -> None:
         stopping = False
+        previous = 0  # jobs in the previous batch
         while not stopping:
             job = self._queue.get()
             if job is _STOP:
                 break
             batch = [job]
-            deadline = time.monotonic() + self.max_wait
+            # Wait for company only under load (the last batch was shared): a lone client is never delayed.
+            deadline = time.monotonic() + (self.max_wait if previous > 1 else 0.0)
             while len(batch) < self.max_batch:
                 remaining = deadline - time.monotonic()
                 try:
@@ -154,6 +157,7 @@ class BatchingEncoder:
                     stopping = True
                     break
                 batch.append(job)
+            previous = len(batch)
             self._run(batch)
 
     def _run(self, batch: list[_Job]) -> None:
