@@ -767,3 +767,36 @@ def test_200_concurrent_requests_without_error(server, folder, service):
     assert encoded == 150  # 50 texts + 100 images
     assert after["batches"] - before["batches"] < encoded  # encoded in micro-batches, not one by one
     _ok(server)
+
+
+def test_cli_hands_its_options_to_the_server(index_dir, model_file, tmp_path, capsys, monkeypatch):
+    import clipforge.serve.app as app_module
+
+    captured = {}
+
+    def fake_run_server(service, host, port, options, *, log_level, on_ready):
+        captured.update(service=service, host=host, port=port, options=options, log_level=log_level)
+        on_ready(f"http://{host}:{port}/")
+        service.close()
+
+    monkeypatch.setattr(app_module, "run_server", fake_run_server)
+    token_file = tmp_path / "token.txt"
+    token_file.write_text(TOKEN + "\n")
+    code, out, _ = _cli(["serve", index_dir, "--host", "0.0.0.0", "--port", 9999, "--token-file", token_file,
+                         "--max-upload-mb", "1.5", "--timeout", "7", "--allow-urls", "--templates", "simple",
+                         "--max-batch", "4", "--log-level", "warning"], capsys)
+    assert code == 0 and "10 items" in out and "http://0.0.0.0:9999/" in out and TOKEN not in out
+    service, options = captured["service"], captured["options"]
+    assert (captured["host"], captured["port"], captured["log_level"]) == ("0.0.0.0", 9999, "warning")
+    assert options.token == TOKEN and options.timeout == 7 and options.allow_urls
+    assert service.limits.max_upload_bytes == int(1.5 * 1024 * 1024) and service.encoder.max_batch == 4
+    assert service.model_name == str(model_file) and len(service.templates) == 7
+    # The token can also come from the environment (kept out of the process list).
+    monkeypatch.setenv("CLIPFORGE_SERVE_TOKEN", TOKEN)
+    code, out, _ = _cli(["serve", index_dir, "--host", "0.0.0.0"], capsys)
+    assert code == 0 and captured["options"].token == TOKEN and not captured["options"].allow_urls
+    # The index's model is checked as `clipforge search` checks it.
+    torch.manual_seed(1)
+    other = clipforge.save(clipforge.ClipModel(TINY), tmp_path / "other.safetensors")
+    code, _, err = _cli(["serve", index_dir, "--model", other], capsys)
+    assert code == 1 and "was built with model" in err

@@ -35,7 +35,7 @@ from importlib import resources
 from typing import Any, Awaitable, Callable, Optional, Sequence
 
 from clipforge.serve.errors import MISSING_EXTRA_HINT, ApiError, ServeError
-from clipforge.serve.service import SearchService
+from clipforge.serve.service import SearchService, parse_labels
 from clipforge.serve.urls import UrlPolicy, fetch_url
 from clipforge.serve.worker import EncoderBusy
 
@@ -366,7 +366,7 @@ def create_app(service: SearchService, options: ServeOptions = ServeOptions()) -
         fields = await read_form(request, ("image", "image_url", "labels"))
         if "labels" not in fields:
             raise ApiError(400, "labels: missing (a JSON list or comma-separated text)", "bad_labels")
-        labels = await in_pool(lambda: _parse_labels(fields["labels"]))
+        labels = parse_labels(fields["labels"], limits)
         if "image_url" in fields:
             url_of(fields["image_url"])
         pixels = await image_pixels(fields)
@@ -374,11 +374,6 @@ def create_app(service: SearchService, options: ServeOptions = ServeOptions()) -
         weights_future = model_result(lambda: service.label_weights(labels))
         vector, weights = await asyncio.gather(image_future, weights_future)
         return JSONResponse({"labels": service.classify(vector, labels, weights)})
-
-    def _parse_labels(value: str) -> list[str]:
-        from clipforge.serve.service import parse_labels
-
-        return parse_labels(value, limits)
 
     async def thumb(request: Request) -> Response:
         check_params(request, ())

@@ -11,7 +11,7 @@ float rounding). Under load the queue fills while the previous batch runs, so th
 with the number of clients; a lone client is never made to wait.
 
 `call(fn)` runs any other model work (building a zero-shot classifier) on the same thread, so the
-model is only ever used from one thread. A job whose future was cancelled (its request timed out)
+towers only ever run on this one thread. A job whose future was cancelled (its request timed out)
 is skipped. Nothing here knows about HTTP.
 """
 
