@@ -28,6 +28,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import socket
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -271,7 +272,7 @@ def create_app(service: SearchService, options: ServeOptions = ServeOptions()) -
     def parse_k(value: Optional[str]) -> int:
         if value is None:
             return 10
-        if not (value.isascii() and value.strip().lstrip("-").isdigit()):
+        if not re.fullmatch(r"-?[0-9]{1,9}", value.strip()):
             raise ApiError(400, f"k must be an integer, got {value[:40]!r}", "bad_parameter")
         return service.check_k(int(value))
 
