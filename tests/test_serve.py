@@ -14,7 +14,6 @@ import io
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -24,22 +23,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests  # in the test extra, with the serve extra: missing, these tests fail (never skip)
 import torch
 from PIL import Image
+from serve_helpers import LiveServer
+from tiny_models import TINY
 
 import clipforge
 from clipforge.cli import main as cli_main
+from clipforge.serve.app import ServeOptions, check_bind, create_app, is_loopback_host
+from clipforge.serve.errors import ApiError, ServeError
+from clipforge.serve.service import Limits, SearchService, parse_labels
+from clipforge.serve.urls import UrlPolicy, check_url, fetch_url, is_public_address
+from clipforge.serve.worker import BatchingEncoder, EncoderBusy
 from clipforge.tasks.search import SearchIndex, embed_image_queries, embed_text_queries
-
-import requests  # noqa: E402  (the serve extra is in the test extra: missing, these tests fail, never skip)
-from serve_helpers import LiveServer  # noqa: E402
-from tiny_models import TINY  # noqa: E402
-
-from clipforge.serve.app import ServeOptions, check_bind, create_app, is_loopback_host  # noqa: E402
-from clipforge.serve.errors import ApiError, ServeError  # noqa: E402
-from clipforge.serve.service import Limits, SearchService, parse_labels  # noqa: E402
-from clipforge.serve.urls import UrlPolicy, check_url, fetch_url, is_public_address  # noqa: E402
-from clipforge.serve.worker import BatchingEncoder, EncoderBusy  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Palette images with Transparency")
 

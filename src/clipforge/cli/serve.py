@@ -59,7 +59,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipforge.serve.app import ServeOptions, check_bind, run_server  # the extra's hint if it is missing
+    from clipforge.serve.app import ServeOptions, check_bind, run_server
     from clipforge.serve.service import Limits, SearchService
     from clipforge.tasks.search import SearchIndex
 

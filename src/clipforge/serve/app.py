@@ -33,7 +33,7 @@ import socket
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from importlib import resources
-from typing import Any, Awaitable, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from clipforge.serve.errors import MISSING_EXTRA_HINT, ApiError, ServeError
 from clipforge.serve.service import SearchService, parse_labels
@@ -242,8 +242,9 @@ def _host_name(value: str) -> str:
 # ---- the routes ----------------------------------------------------------------------------------
 
 
-def create_app(service: SearchService, options: ServeOptions = ServeOptions()) -> Starlette:
-    """The ASGI app serving `service` under `options` (run it with uvicorn, or `run_server`)."""
+def create_app(service: SearchService, options: Optional[ServeOptions] = None) -> Starlette:
+    """The ASGI app serving `service` under `options` (default `ServeOptions()`; run it with uvicorn, or `run_server`)."""
+    options = options or ServeOptions()
     pool = ThreadPoolExecutor(max_workers=max(1, options.threads), thread_name_prefix="clipforge-serve")
     limits = service.limits
     url_policy = options.url_policy or UrlPolicy(max_bytes=limits.max_upload_bytes, timeout=min(10.0, options.timeout))
@@ -440,10 +441,11 @@ def create_app(service: SearchService, options: ServeOptions = ServeOptions()) -
 
 
 def run_server(
-    service: SearchService, host: str = "127.0.0.1", port: int = 8765, options: ServeOptions = ServeOptions(), *,
+    service: SearchService, host: str = "127.0.0.1", port: int = 8765, options: Optional[ServeOptions] = None, *,
     log_level: str = "info", on_ready: Optional[Callable[[str], None]] = None,
 ) -> None:
     """Serve until interrupted (Ctrl-C). Refuses a non-loopback `host` without a token (`check_bind`)."""
+    options = options or ServeOptions()
     try:
         import uvicorn
     except ImportError as e:

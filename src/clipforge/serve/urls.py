@@ -109,8 +109,10 @@ class CheckedUrl:
     target: str  # path and query to request
 
 
-def check_url(url: str, policy: UrlPolicy = UrlPolicy()) -> CheckedUrl:
+def check_url(url: str, policy: Optional[UrlPolicy] = None) -> CheckedUrl:
     """Parse `url`, resolve its host and refuse it unless every address is allowed; `ApiError` (400) if not."""
+    policy = policy or UrlPolicy()
+
     def refuse(why: str) -> ApiError:
         return ApiError(400, f"image_url {url[:200]!r} refused: {why}", "url_refused")
 
@@ -190,8 +192,9 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection):
         self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)
 
 
-def fetch_url(url: str, policy: UrlPolicy = UrlPolicy()) -> bytes:
-    """The body of `url` under `policy` (see the module docstring); `ApiError` names any refusal."""
+def fetch_url(url: str, policy: Optional[UrlPolicy] = None) -> bytes:
+    """The body of `url` under `policy` (default `UrlPolicy()`, see the module docstring); `ApiError` names any refusal."""
+    policy = policy or UrlPolicy()
     deadline = time.monotonic() + policy.timeout
 
     def remaining() -> float:
