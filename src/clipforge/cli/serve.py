@@ -12,7 +12,13 @@ import os
 import sys
 from typing import Any
 
-from clipforge.cli.common import add_model_arguments, index_model_reference, load_index_model, templates_option
+from clipforge.cli.common import (
+    add_model_arguments,
+    index_model_reference,
+    load_index_model,
+    printable,
+    templates_option,
+)
 from clipforge.errors import InvalidInputError
 
 EPILOG = """examples:
@@ -87,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     options = ServeOptions(token=token, timeout=args.timeout, allow_urls=args.allow_urls, threads=args.threads)
 
     def ready(url: str) -> None:
-        print(f"clipforge serve: {len(index)} items, model {name}; open {url}"
+        print(f"clipforge serve: {len(index)} items, model {printable(name)}; open {url}"
               + (" (the page asks for the token, or add #token=TOKEN to the address)" if token else ""))
         sys.stdout.flush()
 
