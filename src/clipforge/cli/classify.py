@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from clipforge.cli.common import (
@@ -21,6 +20,7 @@ from clipforge.cli.common import (
     load_model,
     printable,
     read_list,
+    templates_option,
 )
 from clipforge.errors import InvalidInputError
 
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         if args.labels is None and args.labels_file is None:
             raise InvalidInputError("give the labels: --labels \"cat,dog,owl\", --labels-file FILE or --classifier FILE")
         labels = read_list(args.labels, args.labels_file, "labels")
-        templates = _templates(args.templates)
+        templates = templates_option(args.templates)
         model, preprocess, tokenizer = load_model(args)
         show_progress = sys.stderr.isatty() and len(labels) * len(templates) > args.batch_size
         classifier = build_classifier(
@@ -120,14 +120,3 @@ def run(args: argparse.Namespace) -> int:
                 for pred in entry["predictions"]:
                     print(f"  {pred['probability']:.4f}  {printable(pred['label'])}")
     return 0 if n_ok else 1
-
-
-def _templates(value: str) -> list[str]:
-    from clipforge.tasks.templates import TEMPLATE_SETS
-    from clipforge.tasks.zero_shot import resolve_templates
-
-    if value in TEMPLATE_SETS:
-        return list(TEMPLATE_SETS[value])
-    if Path(value).is_file():
-        return resolve_templates(read_list(None, value, "templates"))
-    raise InvalidInputError(f"--templates {value!r} is neither {', '.join(TEMPLATE_SETS)} nor an existing file")

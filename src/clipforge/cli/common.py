@@ -72,6 +72,29 @@ def load_model(args: argparse.Namespace, reference: Optional[dict[str, Optional[
                           device=default_device(args.device), dtype=dtype)
 
 
+def index_model_reference(args: argparse.Namespace, index: Any) -> dict[str, Any]:
+    """How to load the model of a `SearchIndex` (`search`, `serve`): --model if given, else what the index records."""
+    stored = index.model
+    reference = model_reference(args) if args.model else {
+        key: stored.get(key) for key in ("name_or_path", "weights", "arch")
+    }
+    if not reference["name_or_path"]:
+        raise InvalidInputError(f"{args.index} does not record how to load its model; pass --model (and --weights/--arch)")
+    return reference
+
+
+def load_index_model(args: argparse.Namespace, index: Any) -> tuple[Any, Any, Any]:
+    """The model of a `SearchIndex` (see `index_model_reference`); a model other than the index's is refused
+    (`ModelMismatchError`)."""
+    from clipforge.encoding import model_fingerprint
+    from clipforge.tasks.search import check_model
+
+    reference = index_model_reference(args, index)
+    model, preprocess, tokenizer = load_model(args, reference)
+    check_model(index.model, {**reference, **model_fingerprint(model, tokenizer)}, f"index {args.index}")
+    return model, preprocess, tokenizer
+
+
 def storage_dtype(precision: str) -> str:
     # numpy has no bfloat16; normalized bf16 values fit float16 (more mantissa bits, ample range).
     return "float32" if precision == "fp32" else "float16"
@@ -178,6 +201,18 @@ def image_batches(
 
 def error_entry(path: str, error: Any) -> dict[str, Any]:
     return {"path": path, "error": {"code": error.code, "message": error.reason}}
+
+
+def templates_option(value: str) -> list[str]:
+    """The prompt templates a --templates value names: openai, simple, none, or a file of one '{}' template a line."""
+    from clipforge.tasks.templates import TEMPLATE_SETS
+    from clipforge.tasks.zero_shot import resolve_templates
+
+    if value in TEMPLATE_SETS:
+        return list(TEMPLATE_SETS[value])
+    if Path(value).is_file():
+        return resolve_templates(read_list(None, value, "templates"))
+    raise InvalidInputError(f"--templates {value!r} is neither {', '.join(TEMPLATE_SETS)} nor an existing file")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from clipforge.cli.common import (
     add_model_arguments,
     add_run_arguments,
+    load_index_model,
     load_model,
     model_reference,
     storage_dtype,
@@ -55,10 +56,8 @@ def _run_index(args: argparse.Namespace) -> int:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    from clipforge.encoding import model_fingerprint
     from clipforge.tasks.search import (
         SearchIndex,
-        check_model,
         embed_image_queries,
         embed_text_queries,
         exact_search,
@@ -70,14 +69,7 @@ def _run_search(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise InvalidInputError(f"-k must be >= 1, got {args.k}")
     index = SearchIndex(args.index)
-    stored = index.model
-    reference = model_reference(args) if args.model else {
-        key: stored.get(key) for key in ("name_or_path", "weights", "arch")
-    }
-    if not reference["name_or_path"]:
-        raise InvalidInputError(f"{args.index} does not record how to load its model; pass --model (and --weights/--arch)")
-    model, preprocess, tokenizer = load_model(args, reference)
-    check_model(stored, {**reference, **model_fingerprint(model, tokenizer)}, f"index {args.index}")
+    model, preprocess, tokenizer = load_index_model(args, index)
 
     if args.image is not None:
         queries, description = embed_image_queries(model, preprocess, [args.image]), f"image {args.image}"

@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Union
 
 from PIL import Image
 
-__all__ = ["thumbnail_data_uri", "render_results_page", "write_results_page"]
+__all__ = ["thumbnail_data_uri", "thumbnail_jpeg", "render_results_page", "write_results_page"]
 
 THUMBNAIL_SIZE = 192
 
@@ -23,6 +23,13 @@ def thumbnail_data_uri(path: str, size: int = THUMBNAIL_SIZE) -> str:
     """`data:image/jpeg;base64,...` of a thumbnail of the image at `path` (a file or `shard.tar::member`).
 
     Raises `ImageLoadError` when the image cannot be read.
+    """
+    return "data:image/jpeg;base64," + base64.b64encode(thumbnail_jpeg(path, size)).decode("ascii")
+
+
+def thumbnail_jpeg(path: str, size: int = THUMBNAIL_SIZE) -> bytes:
+    """JPEG bytes of a thumbnail (at most `size` x `size`, transparency flattened onto white) of the
+    image at `path` (a file or `shard.tar::member`). Raises `ImageLoadError` when it cannot be read.
     """
     from clipforge.image import load_image
     from clipforge.sources import image_source_of
@@ -36,7 +43,7 @@ def thumbnail_data_uri(path: str, size: int = THUMBNAIL_SIZE) -> str:
         image = Image.alpha_composite(background, rgba).convert("RGB")
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
 
 
 def _figure(path: str, caption: str, size: int) -> str:
