@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
 import sys
 import unicodedata
@@ -249,5 +248,7 @@ def json_text(data: Any) -> str:
     """JSON that is valid UTF-8 and safe on a terminal whatever it holds: non-ASCII text as is, but a
     file name's undecodable bytes (lone surrogates, which json.loads and os.fsencode turn back into
     those bytes) and control or bidi-override characters as \\uXXXX escapes."""
-    text = json.dumps(data, ensure_ascii=False)
+    from clipforge.sources import json_dumps
+
+    text = json_dumps(data)
     return "".join(f"\\u{ord(ch):04x}" if unicodedata.category(ch) in _UNPRINTABLE else ch for ch in text)

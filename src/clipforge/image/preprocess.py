@@ -81,6 +81,10 @@ def to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled.astype(np.uint8))  # 2-D uint8 -> mode "L"
 
 
+# Wider than this (long side / short side) is refused; the widest real clip art (dividers) is ~30:1.
+MAX_ASPECT_RATIO = 100
+
+
 class Preprocess:
     """Callable: `PIL.Image -> torch.float32 tensor [3, S, S]`, S = `config.image_size`.
 
@@ -133,6 +137,14 @@ class Preprocess:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         if not isinstance(image, Image.Image):
             raise TypeError(f"Preprocess expects a PIL.Image.Image, got {type(image).__name__}")
+        # The shortest side is resized to S first: a 1 x 4000 strip would become S x 896,000 pixels
+        # (about a gigabyte) before the crop keeps an S x S sliver of it. Such images are refused.
+        long, short = max(image.size), max(1, min(image.size))
+        if long / short > MAX_ASPECT_RATIO:
+            raise InvalidInputError(
+                f"the image is {image.width}x{image.height}: an aspect ratio over {MAX_ASPECT_RATIO}:1 is refused "
+                f"(resizing its short side to {self.config.image_size} px would need {long * self.config.image_size // short:,} px)"
+            )
         if self.exif_transpose:
             image = ImageOps.exif_transpose(image)
         image = to_8bit(image)

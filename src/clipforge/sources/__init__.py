@@ -23,7 +23,7 @@ import os
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from clipforge.errors import ClipforgeError
-from clipforge.sources.items import TAR_SEPARATOR, SourceItem, items_digest
+from clipforge.sources.items import TAR_SEPARATOR, SourceItem, items_digest, json_dumps
 from clipforge.sources.tables import (
     CAPTION_COLUMNS,
     IMAGE_COLUMNS,
@@ -50,6 +50,7 @@ __all__ = [
     "image_source_of",
     "source_kind",
     "items_digest",
+    "json_dumps",
     "read_table",
     "expand_braces",
     "expand_shards",

@@ -12,7 +12,7 @@ from clipforge.errors import InvalidInputError
 if TYPE_CHECKING:
     from clipforge.image.files import ImageSource
 
-__all__ = ["SourceItem", "TAR_SEPARATOR", "items_digest"]
+__all__ = ["SourceItem", "TAR_SEPARATOR", "items_digest", "json_dumps"]
 
 # An image inside a tar shard is named "<shard path>::<member name>".
 TAR_SEPARATOR = "::"
@@ -72,3 +72,13 @@ def items_digest(items: Sequence[SourceItem]) -> str:
         h.update(json.dumps([item.path, caption], ensure_ascii=False).encode("utf-8", "surrogatepass"))
         h.update(b"\n")
     return h.hexdigest()
+
+
+def json_dumps(data: Any, **kwargs: Any) -> str:
+    """`json.dumps(data, ensure_ascii=False)` that always encodes as UTF-8: a file name that is not
+    valid UTF-8 holds lone surrogates (os.fsdecode), written as \\udcXX escapes, which json.loads
+    reads back to the same string (and os.fsencode to the same bytes)."""
+    text = json.dumps(data, ensure_ascii=False, **kwargs)
+    if not any("\ud800" <= ch <= "\udfff" for ch in text):
+        return text
+    return "".join(f"\\u{ord(ch):04x}" if "\ud800" <= ch <= "\udfff" else ch for ch in text)

@@ -113,6 +113,21 @@ class TarSample:
     members: tuple[str, ...] = ()  # the extensions the sample has
 
 
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    handle = tar.extractfile(member)
+    data = handle.read() if handle is not None else b""
+    if len(data) != member.size:  # tarfile returns short data from a truncated file without a word
+        raise tarfile.ReadError(f"member {member.name} ends after {len(data)} of its {member.size} bytes")
+    return data
+
+
+def _check_end(tar: tarfile.TarFile, shard: str) -> None:
+    """An uncompressed tar ends with two zero blocks after its last member; a download cut off at a
+    member boundary lacks them, and tarfile then just stops, as if the shard were whole."""
+    if not is_compressed(shard) and os.path.getsize(shard) < tar.offset + 2 * tarfile.BLOCKSIZE:
+        raise tarfile.ReadError("the file ends without the end-of-archive marker (cut off?)")
+
+
 def index_tar(shard: str) -> tuple[list[TarSample], Optional[str]]:
     """Every sample of `shard`, in order, and None — or the samples before the point where the
     shard stops being readable and a sentence saying what went wrong (a truncated download)."""
@@ -153,13 +168,11 @@ def index_tar(shard: str) -> tuple[list[TarSample], Optional[str]]:
                 if split[1] in pending:
                     continue
                 wanted = split[1] in CAPTION_EXTENSIONS or (compressed and split[1] in IMAGE_EXTENSIONS)
-                data = None
-                if wanted:
-                    handle = tar.extractfile(member)
-                    data = handle.read() if handle is not None else b""
+                data = _read_member(tar, member) if wanted else None
                 pending[split[1]] = (member.name, member, data)
-            flush()
+            flush()  # the last sample is whole even when the archive's end marker is missing
             key = None
+            _check_end(tar, shard)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         problem = f"unreadable after {len(samples)} samples: {type(e).__name__}: {e}"
     return samples, problem
@@ -175,6 +188,7 @@ def iter_tar_samples(shard: str) -> Iterator[Union[RawSample, ShardError]]:
     key: Optional[str] = None
     files: dict[str, bytes] = {}
     produced = 0
+    end_problem: Optional[BaseException] = None
     try:
         with tarfile.open(shard, mode="r|*") as tar:
             for member in tar:
@@ -188,13 +202,19 @@ def iter_tar_samples(shard: str) -> Iterator[Union[RawSample, ShardError]]:
                         produced += 1
                         yield f"{shard}:{key}", files
                     key, files = split[0], {}
-                handle = tar.extractfile(member)
-                files[split[1]] = handle.read() if handle is not None else b""
+                files[split[1]] = _read_member(tar, member)
+            try:
+                _check_end(tar, shard)
+            except tarfile.ReadError as e:
+                end_problem = e  # every member read was whole: yield the last sample first
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         yield ShardError(f"{shard}: unreadable after {produced} samples ({type(e).__name__}: {e})")
         return
     if key is not None:
+        produced += 1
         yield f"{shard}:{key}", files
+    if end_problem is not None:
+        yield ShardError(f"{shard}: unreadable after {produced} samples ({type(end_problem).__name__}: {end_problem})")
 
 
 def count_samples(shards: Sequence[str]) -> tuple[int, list[str]]:
@@ -208,6 +228,7 @@ def count_samples(shards: Sequence[str]) -> tuple[int, list[str]]:
                     split = split_key(member.name) if member.isfile() else None
                     if split is not None:
                         keys.add(split[0])
+                _check_end(tar, shard)
         except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             problems.append(f"{shard}: unreadable after {len(keys)} samples ({type(e).__name__}: {e})")
         total += len(keys)

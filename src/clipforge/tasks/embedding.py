@@ -38,7 +38,13 @@ import torch
 
 from clipforge.encoding import encode_images, encode_texts, model_fingerprint
 from clipforge.errors import InvalidInputError
-from clipforge.sources import SourceError, SourceItem, items_digest, read_source, source_kind
+from clipforge.sources import (
+    SourceError,
+    SourceItem,
+    items_digest,
+    read_source,
+    source_kind,
+)
 from clipforge.tasks.embedding_store import (
     EXAMPLES_PER_CODE,
     FORMAT_VERSION,

@@ -19,6 +19,7 @@ import numpy as np
 from clipforge.atomic_files import atomic_write, fsync_dir
 from clipforge.encoding import model_difference
 from clipforge.errors import ClipforgeError, InvalidInputError, MissingFileError
+from clipforge.sources import json_dumps
 
 __all__ = ["read_manifest", "read_embeddings", "read_summary", "IncompleteRunError", "CONFIG_FILE"]
 
@@ -40,7 +41,7 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    text = json_dumps(data, indent=2) + "\n"
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
@@ -235,7 +236,7 @@ def check_run_config(out: Path, wanted: dict, rank: int) -> None:
         return
     # Each rank writes the same content under its own temp name; the rename makes the race harmless.
     tmp = out / f"{CONFIG_FILE}.rank{rank}.tmp"
-    tmp.write_text(json.dumps(wanted, indent=2, ensure_ascii=False) + "\n")
+    tmp.write_text(json_dumps(wanted, indent=2) + "\n", encoding="utf-8")
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -249,7 +250,7 @@ def recover(out: Path, run: RunShape, rank: int) -> list[int]:
     done = _complete_prefix(out, run, rank, entries)
     keep = set(done)
     kept_lines = b"".join(
-        json.dumps(e, ensure_ascii=False).encode() + b"\n" for e in entries if e["index"] // run.shard_size in keep
+        json_dumps(e).encode() + b"\n" for e in entries if e["index"] // run.shard_size in keep
     )
     if manifest.exists() and manifest.read_bytes() != kept_lines:
         # Drop torn lines and lines of partial chunks, atomically (a crash here leaves the old file).
@@ -268,7 +269,7 @@ def commit_chunk(out: Path, manifest: Path, chunk: int, entries: list[dict],
     for kind, array in (("images", images), ("texts", texts)):
         if array is not None:
             atomic_write_bytes(out / shard_name(kind, chunk), lambda f, a=array: np.save(f, a, allow_pickle=False))
-    lines = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries).encode()
+    lines = "".join(json_dumps(e) + "\n" for e in entries).encode()
     new_file = not manifest.exists()
     with open(manifest, "ab") as f:
         f.write(lines)

@@ -32,6 +32,7 @@ from clipforge.errors import (
     InvalidInputError,
     MissingFileError,
 )
+from clipforge.sources import json_dumps
 from clipforge.tasks.embedding import EmbedSummary, embed, read_embeddings
 
 __all__ = [
@@ -105,7 +106,7 @@ def build_index(
     index_dir.mkdir(parents=True, exist_ok=True)
     # index.json first: a half-built index already says which model it belongs to.
     tmp = index_dir / f"{INDEX_FILE}.{os.getpid()}.tmp"  # per process: torchrun ranks write it concurrently
-    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    tmp.write_text(json_dumps(record, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, existing)
     return embed(model, preprocess, tokenizer, folder, index_dir, **embed_kwargs)
 

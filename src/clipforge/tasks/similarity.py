@@ -15,8 +15,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from clipforge.encoding import encode_pixels, encode_tokens
-from clipforge.errors import MissingExtraError
-from clipforge.errors import InvalidInputError
+from clipforge.errors import InvalidInputError, MissingExtraError
 
 __all__ = ["similarity_matrix", "plot_similarity"]
 

@@ -94,6 +94,8 @@ class ZeroShotClassifier:
         """Read a file written by `save` (either kind, told apart by content). Never executes code:
         safetensors is plain data and torch files are read with `weights_only=True`."""
         path = Path(path)
+        if not path.is_file():  # a named pipe or a device would block the read forever
+            raise InvalidInputError(f"{path}: not a regular file (a saved classifier is a .safetensors or .pt file)")
         with open(path, "rb") as f:
             head = f.read(4)
         if head.startswith(b"PK"):  # torch.save's zip container

@@ -12,7 +12,13 @@ import gzip
 import json
 from importlib import resources
 
-from clipforge.text.bpe import END_OF_TEXT, N_MERGES, START_OF_TEXT, VOCAB_FILE, load_vocab
+from clipforge.text.bpe import (
+    END_OF_TEXT,
+    N_MERGES,
+    START_OF_TEXT,
+    VOCAB_FILE,
+    load_vocab,
+)
 
 __all__ = ["hf_tokenizer_files"]
 

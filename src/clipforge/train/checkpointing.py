@@ -64,14 +64,42 @@ def save_checkpoint(directory: Union[str, Path], step: int, state: dict[str, Any
     return path
 
 
+class CheckpointUnreadableError(InvalidInputError):
+    """A training checkpoint that cannot be read back (truncated, empty, not a clipforge checkpoint)."""
+
+
 def load_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
-    """Read a training checkpoint safely (weights_only=True) onto the CPU."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    """Read a training checkpoint safely (weights_only=True) onto the CPU; `CheckpointUnreadableError`
+    names the file and the reason when it cannot be."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise CheckpointUnreadableError(f"{path}: the checkpoint is empty (0 bytes)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointUnreadableError:
+        raise
+    except (OSError, RuntimeError, EOFError, ValueError) as e:  # truncated zip, bad pickle, I/O error
+        raise CheckpointUnreadableError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise InvalidInputError(f"{path} is not a clipforge training checkpoint")
+        raise CheckpointUnreadableError(f"{path} is not a clipforge training checkpoint")
     if state.get("version") != VERSION:
-        raise InvalidInputError(f"{path}: checkpoint version {state.get('version')} is not supported (expected {VERSION})")
+        raise CheckpointUnreadableError(f"{path}: checkpoint version {state.get('version')} is not supported (expected {VERSION})")
     return state
+
+
+def load_latest_checkpoint(directory: Union[str, Path], warn: Any = None) -> Optional[tuple[Path, dict[str, Any]]]:
+    """The newest checkpoint in `directory` that can be read, with its state; None when there is none.
+
+    A newer one that cannot be read (a truncated copy, a disk that filled up) is skipped with a
+    warning through `warn(message)` — the run resumes from the one before instead of stopping.
+    """
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointUnreadableError as e:
+            if warn is not None:
+                warn(f"{e}; resuming from the checkpoint before it")
+    return None
 
 
 # ---- RNG state ----------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from clipforge.errors import ClipforgeRuntimeError, InvalidInputError
 from clipforge.image import ImageLoadError, ImageRef, load_image
+from clipforge.image.augment import TrainTransform, sample_generator
 from clipforge.sources import SourceItem, read_table, source_kind
 from clipforge.sources.webdataset import IMAGE_EXTENSIONS as TAR_IMAGE_EXTENSIONS
 from clipforge.sources.webdataset import (
@@ -39,7 +40,6 @@ from clipforge.sources.webdataset import (
     expand_shards,
     iter_tar_samples,
 )
-from clipforge.image.augment import TrainTransform, sample_generator
 
 logger = logging.getLogger("clipforge.train")
 

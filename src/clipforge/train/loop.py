@@ -25,12 +25,12 @@ from clipforge.atomic_files import atomic_write_text
 from clipforge.configs import ClipConfig, PreprocessConfig
 from clipforge.errors import ClipforgeRuntimeError, InvalidInputError
 from clipforge.image import Preprocess
+from clipforge.image.augment import TrainTransform
 from clipforge.models import ClipModel
 from clipforge.text import Tokenizer
-from clipforge.image.augment import TrainTransform
 from clipforge.train.checkpointing import (
-    latest_checkpoint,
     load_checkpoint,
+    load_latest_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -54,6 +54,10 @@ from clipforge.train.step import TrainModule, autocast_factory, forward_backward
 logger = logging.getLogger("clipforge.train")
 
 Callback = Callable[[dict], None]
+
+
+class TrainingDivergedError(ClipforgeRuntimeError):
+    """The loss became NaN or infinite: the run stopped without applying or saving the step."""
 
 
 @dataclass
@@ -207,11 +211,12 @@ class _Run:
     # ---- resume --------------------------------------------------------------------------------
     def _resume(self) -> None:
         config, info = self.config, self.info
+        found: Optional[tuple[Path, dict]] = None
         path: Optional[str] = None
         if info.is_main:
             if config.run.resume == "auto":
-                found = latest_checkpoint(self.checkpoint_dir)
-                path = str(found) if found else None
+                found = load_latest_checkpoint(self.checkpoint_dir, warn=logger.warning)
+                path = str(found[0]) if found else None
             elif config.run.resume:
                 path = config.run.resume
         path = broadcast_object(path, info)
@@ -219,7 +224,7 @@ class _Run:
             if info.is_main and self.metrics_path.exists():
                 self.metrics_path.unlink()  # a fresh run starts a fresh log
             return
-        state = load_checkpoint(path)
+        state = found[1] if found is not None else load_checkpoint(path)
         meta = json.loads(state["meta"])
         expected = {"world_size": info.world_size, "batch_size": config.optim.batch_size,
                     "accum_steps": config.optim.accum_steps, "workers_if_webdataset": config.data.workers if self.data.webdataset else None}
@@ -313,6 +318,7 @@ class _Run:
         if good > 0:
             batches = [(b.images.to(device, non_blocking=True), b.texts.to(device, non_blocking=True)) for b in micro]
             loss = forward_backward(self.module, self.loss_fn, batches, autocast=self.autocast, scaler=self.scaler)
+            self._stop_if_diverged(loss, lr)
             if self.config.optim.grad_clip_norm is not None:
                 self.scaler.unscale_(self.optimizer)
                 params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -327,6 +333,18 @@ class _Run:
         self.step += 1
         self._lr = lr
         return loss
+
+    def _stop_if_diverged(self, loss: torch.Tensor, lr: float) -> None:
+        """A non-finite loss on any rank stops the run before the optimizer applies it: the weights
+        and the newest checkpoint stay as they were, and nothing NaN is ever saved."""
+        bad = torch.tensor([0.0 if bool(torch.isfinite(loss)) else 1.0], device=loss.device)
+        if float(all_reduce_sum(bad, self.info).item()) == 0.0:
+            return
+        kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
+        raise TrainingDivergedError(
+            f"training diverged at step {self.step + 1}: the loss is {float(loss)} (learning rate {lr:.3g}); {kept}. "
+            "Lower optim.lr, set optim.grad_clip_norm, or use optim.precision = \"bf16\" instead of fp16, then resume"
+        )
 
     def _log_step(self, loss: Optional[torch.Tensor]) -> None:
         if self.step % self.config.run.log_every_steps and self.step != self.total_steps:
