@@ -6,6 +6,10 @@ import argparse
 import json
 import sys
 
+SHAPES_EXAMPLE = """example:
+  clipforge dataset shapes --out data/shapes && clipforge train recipes/shapes-quick.toml   # a minute on a CPU
+"""
+
 EXAMPLE = """examples:
   clipforge dataset openclipart --out data/openclipart
   clipforge dataset openclipart --out data/openclipart --source ~/debs --image-size 224
@@ -41,6 +45,24 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
                    help="images a category needs to become a zero-shot class (default 40)")
     q.add_argument("--json", action="store_true", help="print the summary as JSON")
     q.set_defaults(func=run_openclipart)
+
+    s = builders.add_parser(
+        "shapes", help="a tiny synthetic set (coloured shapes: \"a red circle\") that a CPU learns in a minute",
+        description="Draw coloured shapes with captions (pairs.csv + images/): for trying the trainer.",
+        epilog=SHAPES_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    s.add_argument("--n", type=int, default=240, help="number of images (default 240)")
+    s.add_argument("--image-size", type=int, default=32, help="side of the images (default 32)")
+    s.set_defaults(func=run_shapes)
+
+
+def run_shapes(args: argparse.Namespace) -> int:
+    from clipforge.train.synthetic import write_shapes_dataset
+
+    path = write_shapes_dataset(args.out, args.n, image_size=args.image_size)
+    print(f"wrote {args.n} shape images and captions: {path}")
+    return 0
 
 
 def run_openclipart(args: argparse.Namespace) -> int:
