@@ -186,8 +186,9 @@ def _load_path(
 ) -> tuple[ClipModel, Optional[PreprocessConfig], str]:
     checkpoint = read_checkpoint(path)
     config = model_zoo.get_architecture(arch) if isinstance(arch, str) else arch
-    model = _model_from_checkpoint(checkpoint, config, source=str(path), allow_nonfinite=allow_nonfinite)
+    # Every file is read and checked before the model is built.
     preprocess_cfg = _hf_preprocess_config(path) if checkpoint.format == "hf" else None
+    model = _model_from_checkpoint(checkpoint, config, source=str(path), allow_nonfinite=allow_nonfinite)
     return model, preprocess_cfg, checkpoint.format
 
 

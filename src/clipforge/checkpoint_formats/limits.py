@@ -41,8 +41,8 @@ MAX_SCRIPT_DEPTH = 200
 # archive together at most ARCHIVE_EXPANSION times the archive's size (overlapping-member bombs).
 MAX_MEMBER_RATIO = 100
 SMALL_MEMBER_BYTES = 2**20  # below this a member may have any ratio
-ARCHIVE_EXPANSION = 4
-ARCHIVE_SLACK_BYTES = 64 * 2**20
+ARCHIVE_EXPANSION = 2
+ARCHIVE_SLACK_BYTES = 32 * 2**20
 
 
 def path_kind(path: Path) -> str:

@@ -392,6 +392,7 @@ class TorchFile:
 
 
 def _flat_tensor(data: bytes | bytearray, ref: StorageRef, source: str) -> torch.Tensor:
+    """The storage's bytes as a flat tensor; a bytearray is used in place (no copy)."""
     itemsize = torch.empty((), dtype=ref.dtype).element_size()
     if len(data) != ref.numel * itemsize:
         raise CheckpointError(
@@ -435,7 +436,7 @@ class _ZipReader:
     def size(self, name: str) -> int:
         return self.infos[name].file_size
 
-    def read(self, name: str, limit: int, what: str) -> bytes:
+    def read(self, name: str, limit: int, what: str) -> bytearray:
         info = self.infos[name]
         where = f"{self.source}: {what} '{name}'"
         if info.flag_bits & 0x1:
@@ -457,10 +458,20 @@ class _ZipReader:
                 f"{ARCHIVE_EXPANSION} x the archive's {self.archive_bytes:,} bytes (overlapping or inflating members?); refused"
             )
         self.budget -= info.file_size
+        buffer = bytearray(info.file_size)  # read in place: one copy of the bytes, writable for torch
         try:
-            return self.zf.read(info)
+            with self.zf.open(info) as f:
+                view, filled = memoryview(buffer), 0
+                while filled < len(buffer):
+                    n = f.readinto(view[filled:])
+                    if not n:
+                        raise EOFError(f"member ends after {filled:,} of {len(buffer):,} bytes")
+                    filled += n
+                if f.read(1):
+                    raise zipfile.BadZipFile("member longer than its declared size")
         except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{where} cannot be read: {type(exc).__name__}: {exc}") from None
+        return buffer
 
 
 def _script_declarations(zr: _ZipReader, root: str) -> dict[str, tuple[list[str], list[str]] | None]:
