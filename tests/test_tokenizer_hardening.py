@@ -16,6 +16,7 @@ import warnings
 
 import pytest
 import torch
+from pathological_text import KINDS, pathological
 
 from clipforge.text import Tokenizer, bpe
 from clipforge.text import tokenizer as tokenizer_module
@@ -28,35 +29,8 @@ with warnings.catch_warnings():
 SOT, EOT = 49406, 49407
 
 
-def pathological(kind: str, n_bytes: int, seed: int = 0) -> str:
-    """About n_bytes of UTF-8 of one pathological kind (deterministic)."""
-    rng = random.Random(seed)
-    if kind == "no_spaces":
-        return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(n_bytes))
-    if kind == "one_character":
-        return "a" * n_bytes
-    if kind == "random_cjk":
-        return "".join(chr(rng.randint(0x4E00, 0x9FFF)) for _ in range(n_bytes // 3))
-    if kind == "combining_marks":
-        return "e" + "\u0301" * (n_bytes // 2 - 1)
-    if kind == "latin1_bytes":
-        return bytes(rng.randrange(256) for _ in range(n_bytes)).decode("latin-1")
-    if kind == "emoji_run":
-        return "".join(rng.choice("😂😍🇺🇸👍🏽") for _ in range(n_bytes // 4))
-    raise ValueError(kind)
-
-
-KINDS = ["no_spaces", "one_character", "random_cjk", "combining_marks", "latin1_bytes", "emoji_run"]
-
-
-@pytest.fixture
-def merge_loop_only(monkeypatch):
-    """The plain merge loop over every whole word: the reference for the synchronisation points."""
-    monkeypatch.setattr(bpe, "_LONG_WORD_BYTES", 1 << 62)
-    monkeypatch.setattr(tokenizer_module, "_LONG_WORD_CHARS", 1 << 62)
-
-
 def _reference_ids(text: str, monkeypatch) -> list[int]:
+    """All ids of ``text`` with the plain merge loop over every whole word (no synchronisation points)."""
     with monkeypatch.context() as m:
         m.setattr(bpe, "_LONG_WORD_BYTES", 1 << 62)
         m.setattr(tokenizer_module, "_LONG_WORD_CHARS", 1 << 62)

@@ -143,13 +143,13 @@ _LIMITS = {"width": 2**16, "layers": 4096, "heads": 2**12, "image_size": 2**14, 
 
 def _sane_int(value: object, name: str, low: int, high: int, source: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise CheckpointError(f"{source}: config {name}={str(value)[:40]} is not an int in [{low}, {high:,}]; refused")
+        raise CheckpointError(f"{source}: {name}={str(value)[:40]} is not an int in [{low:,}, {high:,}]; refused")
     return value
 
 
 def _sane_float(value: object, name: str, low: float, high: float, source: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low <= value <= high):
-        raise CheckpointError(f"{source}: config {name}={str(value)[:40]} is not a number in [{low}, {high}]; refused")
+        raise CheckpointError(f"{source}: {name}={str(value)[:40]} is not a number in [{low}, {high}]; refused")
     return float(value)
 
 
@@ -165,14 +165,14 @@ def check_config_limits(cfg: ClipConfig, source: str = "config") -> None:
     if isinstance(v, ResNetConfig):
         layers = v.layers
         if not isinstance(layers, tuple) or len(layers) != 4:
-            raise CheckpointError(f"{source}: config vision.layers={str(layers)[:40]} is not 4 stage depths; refused")
+            raise CheckpointError(f"{source}: vision.layers={str(layers)[:40]} is not 4 stage depths; refused")
         for i, n in enumerate(layers):
             _sane_int(n, f"vision.layers[{i}]", 1, L["layers"], source)
         _sane_int(v.width, "vision.width", 2, L["width"], source)
         _sane_int(v.heads, "vision.heads", 1, L["heads"], source)
         _sane_int(v.image_size, "vision.image_size", 32, L["image_size"], source)
         if (v.width * 32) % v.heads:
-            raise CheckpointError(f"{source}: config vision.heads={v.heads} does not divide the attention-pool width {v.width * 32}")
+            raise CheckpointError(f"{source}: vision.heads={v.heads} does not divide the attention-pool width {v.width * 32}")
     elif isinstance(v, VisionTransformerConfig):
         _sane_int(v.layers, "vision.layers", 1, L["layers"], source)
         _sane_int(v.width, "vision.width", 1, L["width"], source)
@@ -182,11 +182,11 @@ def check_config_limits(cfg: ClipConfig, source: str = "config") -> None:
         _sane_float(v.mlp_ratio, "vision.mlp_ratio", 0.0, 64.0, source)
         _sane_int(v.mlp_width, "vision MLP width", 1, L["mlp_width"], source)
         if v.width % v.heads:
-            raise CheckpointError(f"{source}: config vision.heads={v.heads} does not divide vision.width={v.width}")
+            raise CheckpointError(f"{source}: vision.heads={v.heads} does not divide vision.width={v.width}")
     else:
-        raise CheckpointError(f"{source}: config vision is a {type(v).__name__}, not a ViT or ResNet config")
+        raise CheckpointError(f"{source}: vision is a {type(v).__name__}, not a ViT or ResNet config")
     if not isinstance(t, TextConfig):
-        raise CheckpointError(f"{source}: config text is a {type(t).__name__}, not a text config")
+        raise CheckpointError(f"{source}: text is a {type(t).__name__}, not a text config")
     _sane_int(t.layers, "text.layers", 1, L["layers"], source)
     _sane_int(t.width, "text.width", 1, L["width"], source)
     _sane_int(t.heads, "text.heads", 1, L["heads"], source)
@@ -197,7 +197,7 @@ def check_config_limits(cfg: ClipConfig, source: str = "config") -> None:
     for name in ("sot_token_id", "eot_token_id", "pad_token_id"):
         _sane_int(getattr(t, name), f"text.{name}", 0, t.vocab_size - 1, source)
     if t.width % t.heads:
-        raise CheckpointError(f"{source}: config text.heads={t.heads} does not divide text.width={t.width}")
+        raise CheckpointError(f"{source}: text.heads={t.heads} does not divide text.width={t.width}")
     _sane_float(cfg.layer_norm_eps, "layer_norm_eps", 1e-12, 1.0, source)
     _sane_float(cfg.init_logit_scale, "init_logit_scale", -100.0, 100.0, source)
     _sane_float(cfg.max_logit_scale, "max_logit_scale", 1e-6, 1e6, source)
