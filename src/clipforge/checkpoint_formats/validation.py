@@ -7,6 +7,8 @@ NaN or Inf anywhere (a model with one NaN weight answers NaN for every input, si
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .errors import CheckpointError
@@ -23,7 +25,8 @@ def check_weights(state_dict: dict[str, torch.Tensor], source: str, allow_nonfin
     """Raise `CheckpointError` for a tensor of the wrong kind of dtype, and `NonFiniteWeightsError`
     for NaN / Inf values (naming the first tensors and how many of each) unless `allow_nonfinite`.
 
-    One pass over the weights; memory beyond them is one boolean mask of the largest tensor.
+    About one read of the weights (a sum per tensor; ~0.1 s for ViT-B/32 on one core); an exact
+    count only for tensors whose sum is not finite.
     """
     bad: list[str] = []
     n_bad = 0
@@ -37,6 +40,10 @@ def check_weights(state_dict: dict[str, torch.Tensor], source: str, allow_nonfin
                 f"{source}: tensor '{key}' has dtype {t.dtype}; CLIP weights are floating point"
             )
         if allow_nonfinite or t.numel() == 0:
+            continue
+        # Fast path, one read of the tensor: a sum is finite only if every term is (a NaN or an
+        # Inf makes it NaN or Inf). A finite tensor whose sum overflows takes the exact path.
+        if t.dtype != torch.float64 and math.isfinite(float(t.sum(dtype=torch.float32))):
             continue
         finite = torch.isfinite(t)
         if t.dtype == torch.float64:  # becomes Inf when the model converts it to float32
