@@ -191,7 +191,7 @@ def test_whitespace_never_changes_case_context():
 
 
 def test_both_merge_loops_equal_openai_bpe():
-    # Short words take the simple loop, long ones (> 128 bytes) the bucketed one; both must give
+    # Short words take the simple loop, long ones (> 64 bytes) the bucketed one; both must give
     # OpenAI's merges, also where a word crosses from one to the other.
     from clip.simple_tokenizer import SimpleTokenizer
 

@@ -33,6 +33,7 @@ def _reference_ids(text: str, monkeypatch) -> list[int]:
     """All ids of ``text`` with the plain merge loop over every whole word (no synchronisation points)."""
     with monkeypatch.context() as m:
         m.setattr(bpe, "_LONG_WORD_BYTES", 1 << 62)
+        m.setattr(bpe, "_MEMO_WORD_BYTES", 1 << 62)
         m.setattr(tokenizer_module, "_LONG_WORD_CHARS", 1 << 62)
         return Tokenizer().encode(text)
 
@@ -56,6 +57,7 @@ def test_long_word_paths_equal_the_merge_loop_on_random_words(chunk, monkeypatch
     # Small alphabets make long tokens and ambiguous merges likely; a tiny chunk size puts a
     # synchronisation point every few bytes, so thousands of them are checked.
     monkeypatch.setattr(bpe, "_LONG_WORD_BYTES", 64)
+    monkeypatch.setattr(bpe, "_MEMO_WORD_BYTES", 64)
     monkeypatch.setattr(bpe, "_SYNC_CHUNK_BYTES", chunk)
     monkeypatch.setattr(bpe, "_SYNC_MISSES", 10**9)  # never fall back: every chunk through a sync point
     vocab = bpe.load_vocab()
@@ -174,3 +176,20 @@ def test_a_repeated_character_megabyte_encodes_fully_and_fast(monkeypatch):
     assert time.perf_counter() - start < 1.0
     assert seen["bytes"] < 100_000, seen  # chunks come from the memo, not the merge loop
     assert ids == _reference_ids(text, monkeypatch)
+
+
+def test_a_batch_of_long_space_free_lines_truncates_fast_and_exactly(monkeypatch):
+    # Texts under the long-text threshold go through the batched path: its long chunks are merged
+    # only as far as truncation needs, and never cached with fewer ids than they have.
+    texts = [pathological("no_spaces", 4_000, seed=i) + " and a cat." for i in range(100)]
+    tok = Tokenizer()
+    seen = _count_merged_bytes(monkeypatch)
+    got = tok(texts)
+    assert seen["bytes"] < 100 * 2_500, seen
+    monkeypatch.undo()
+    want = torch.tensor([[SOT] + _reference_ids(t, monkeypatch)[:75] + [EOT] for t in texts])
+    assert torch.equal(got, want)
+    # The same chunks untruncated (truncate=False counts every id) are not served from the cache.
+    with pytest.raises(ValueError, match=f"has {len(_reference_ids(texts[0], monkeypatch)) + 2} tokens"):
+        Tokenizer(truncate=False)(texts[:1])
+    assert torch.equal(Tokenizer(context_length=2)(texts[:3]), torch.tensor([[SOT, EOT]] * 3))

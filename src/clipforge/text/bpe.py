@@ -34,11 +34,15 @@ END_OF_TEXT = "<|endoftext|>"
 END_OF_WORD = "</w>"
 
 # Words up to this many bytes use the simple merge loop (quadratic, but in C for short lists);
-# longer ones the bucketed one, which stays near-linear for a megabyte-long "word".
-_SHORT_WORD_BYTES = 128
+# longer ones the bucketed one, which stays near-linear for a megabyte-long "word" (and is already
+# faster from about 64 bytes on).
+_SHORT_WORD_BYTES = 64
 _NO_MERGE = 1 << 30
-# Words longer than this go through synchronisation points (bpe_prefix, and the memo in bpe).
+# Words longer than this are truncated through synchronisation points (bpe_prefix) ...
 _LONG_WORD_BYTES = 2048
+# ... and words longer than this are encoded through the memo of repeated chunks (bpe), where
+# the two synchronisation points tried on a word that does not repeat cost under 5%.
+_MEMO_WORD_BYTES = 65536
 # Bytes per chunk when a long word is encoded through synchronisation points, and how many chunks
 # may miss the memo before the rest of the word goes to the merge loop in one piece.
 _SYNC_CHUNK_BYTES = 512
@@ -122,7 +126,7 @@ class BytePairVocab:
     def bpe(self, word: str) -> tuple[int, ...]:
         """Merge the bytes of ``word`` exactly as OpenAI's ``SimpleTokenizer.bpe`` does."""
         data = word.encode("utf-8", "surrogatepass")  # surrogates never get here; never crash
-        if len(data) > _LONG_WORD_BYTES:
+        if len(data) > _MEMO_WORD_BYTES:
             return tuple(self._bpe_long(data))
         return tuple(self._merge_word(data))
 
@@ -139,7 +143,7 @@ class BytePairVocab:
             return self.word_ids(word)[:n_tokens]
         out: list[int] = []
         start = 0
-        size = 4 * n_tokens + 64
+        size = 2 * n_tokens + 32  # bytes; random letters take ~1.8 per token, long runs more
         while len(out) < n_tokens:
             found = self.sync_point(data, start, size)
             if found is None:
@@ -150,7 +154,8 @@ class BytePairVocab:
                 continue
             start, tokens = found
             out.extend(tokens)
-            size = 4 * (n_tokens - len(out)) + 64
+            # The rest, at the bytes per token seen so far (and a margin).
+            size = (n_tokens - len(out)) * (start // max(len(out), 1) + 1) + 32
         return tuple(out[:n_tokens])
 
     def sync_point(self, data: bytes, start: int, size: int) -> tuple[int, list[int]] | None:
@@ -204,11 +209,16 @@ class BytePairVocab:
         """Length of the longest vocabulary token occurring in ``data[e - L : e + 2L]``."""
         L = self.max_token_bytes
         region = data[max(e - L, 0) : e + 2 * L]
-        tokens = self.mid_word_tokens
-        for n in range(min(L, len(region)), 1, -1):
-            if any(region[j : j + n] in tokens for j in range(len(region) - n + 1)):
-                return n
-        return 1
+        tokens, longest_from = self.mid_word_tokens, self.longest_token_from_pair
+        best = 1
+        for j in range(len(region) - 1):
+            n = min(longest_from[region[j] << 8 | region[j + 1]], len(region) - j)
+            while n > best:
+                if region[j : j + n] in tokens:
+                    best = n
+                    break
+                n -= 1
+        return best
 
     def _bpe_long(self, data: bytes) -> list[int]:
         """The encoding of a long word: chunk by chunk through synchronisation points while the
@@ -259,6 +269,16 @@ class BytePairVocab:
     @cached_property
     def max_token_bytes(self) -> int:
         return max(self.token_lengths[:-2])
+
+    @cached_property
+    def longest_token_from_pair(self) -> list[int]:
+        """(first byte << 8 | second byte) -> length of the longest token that starts with them (0: none)."""
+        out = [0] * 65536
+        for b in self.mid_word_tokens:
+            if len(b) > 1:
+                key = b[0] << 8 | b[1]
+                out[key] = max(out[key], len(b))
+        return out
 
     def decode_bytes(self, ids: list[int]) -> bytes:
         return b"".join(self.token_bytes[i] for i in ids)
