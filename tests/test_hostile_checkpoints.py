@@ -154,3 +154,14 @@ def test_config_layer_counts_are_checked_before_the_key_list(tmp_path, monkeypat
     monkeypatch.setattr(infer_config, "expected_shapes", guarded)
     with pytest.raises(CheckpointError, match="4,000 text layers but the state dict has 2"):
         clipforge.load(path)
+
+
+def test_the_limits_accept_every_named_architecture():
+    # The sanity limits must never refuse a real model: all of model_zoo's architectures pass.
+    from clipforge import model_zoo
+    from clipforge.checkpoint_formats import check_config_limits
+
+    names = model_zoo.list_architectures()
+    assert len(names) > 10
+    for name in names:
+        check_config_limits(model_zoo.get_architecture(name), name)
