@@ -12,6 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # test helper modules (references, image_fixtures, ...)
 import image_fixtures  # noqa: E402,F401  (fixes where the clip-art corpus lives before any test moves the caches)
+
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 # Real captions: Debian package descriptions (short and one far past 77 tokens) and clip-art titles.
@@ -31,9 +32,8 @@ CAPTIONS = [
 
 @functools.lru_cache(maxsize=None)
 def _real_images() -> tuple:
-    from PIL import Image
-
     from image_fixtures import corpus_sample
+    from PIL import Image
 
     return tuple(Image.open(p).copy() for p in corpus_sample(4))
 

@@ -11,7 +11,6 @@ import clipforge
 from clipforge import bundled
 
 
-
 @pytest.fixture
 def no_network(monkeypatch):
     def refuse(*args, **kwargs):
@@ -49,10 +48,10 @@ def test_bundled_model_beats_chance_on_the_held_out_test_split(tmp_path_factory)
     Balanced (mean per-class) accuracy is the honest zero-shot figure here: the classes are very
     unbalanced and this small model does not beat the majority-class rate on plain top-1 (see README).
     """
+    from image_fixtures import OPENCLIPART_CACHE
+
     from clipforge.datasets import openclipart
     from clipforge.evaluation import evaluate
-
-    from image_fixtures import OPENCLIPART_CACHE
 
     data = tmp_path_factory.mktemp("openclipart")
     openclipart.build(data, progress=False, cache_dir=OPENCLIPART_CACHE)

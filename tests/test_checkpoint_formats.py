@@ -35,7 +35,12 @@ from clipforge.checkpoint_formats import (  # noqa: E402
     to_canonical,
     write_checkpoint,
 )
-from clipforge.configs import ClipConfig, ResNetConfig, TextConfig, VisionTransformerConfig  # noqa: E402
+from clipforge.configs import (  # noqa: E402
+    ClipConfig,
+    ResNetConfig,
+    TextConfig,
+    VisionTransformerConfig,
+)
 
 TOL = 1e-5
 TEXTS = ["a photo of a cat", "two dogs playing in the snow", "a diagram"]

@@ -15,14 +15,14 @@ from typing import Optional
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
-import clipforge
 from conftest import CAPTIONS
 from image_fixtures import corpus_sample
 from references import build_openai
+from safetensors.torch import save_file
 from test_loading import offline_caches, put_in_hf_cache  # noqa: F401  (offline_caches is a fixture)
 from test_model_parity import assert_parity
+
+import clipforge
 
 HUB_ID = "timm/vit_base_patch32_clip_224.openai"  # where ("ViT-B-32", "openai") resolves in the HF cache
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CAPTIONS
 
 import clipforge
 from clipforge.tasks.diffusion_conditioning import encode_prompt
 from clipforge.text import bpe
-from conftest import CAPTIONS
 
 RTOL = 1e-5
 LONG = CAPTIONS[-1]  # 82 tokens: more than one 77-token window
@@ -46,7 +46,13 @@ def hf_ids(tokenizer, texts) -> torch.Tensor:
 def build_encoder(directory: Path, width: int, layers: int, act: str, projection: int, seed: int):
     """Save a small random transformers CLIPModel; return (clipforge model, CLIPTextModel, CLIPTextModelWithProjection,
     CLIPTextModel with its last block removed as diffusers ships SD 2.x's encoder)."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import (
+        CLIPConfig,
+        CLIPModel,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+    )
     from transformers.utils import logging
 
     logging.set_verbosity_error()  # loading the text tower alone from a CLIPModel dir reports the vision keys

@@ -23,6 +23,7 @@ from PIL import Image
 import clipforge
 from clipforge.configs import ClipConfig, TextConfig, VisionTransformerConfig
 from clipforge.image import load_image
+from clipforge.sources import expand_braces, read_source
 from clipforge.tasks.embedding import (
     IncompleteRunError,
     embed,
@@ -30,7 +31,6 @@ from clipforge.tasks.embedding import (
     read_manifest,
     read_summary,
 )
-from clipforge.sources import expand_braces, read_source
 
 TINY = ClipConfig(
     embed_dim=32,

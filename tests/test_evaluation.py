@@ -15,7 +15,12 @@ import torch
 from PIL import Image
 
 import clipforge
-from clipforge.configs import ClipConfig, PreprocessConfig, TextConfig, VisionTransformerConfig
+from clipforge.configs import (
+    ClipConfig,
+    PreprocessConfig,
+    TextConfig,
+    VisionTransformerConfig,
+)
 from clipforge.evaluation import evaluate, read_split, write_report
 from clipforge.evaluation.metrics import (
     chance_levels,

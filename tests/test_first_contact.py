@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import TINY
 
 import clipforge
-from tiny_models import TINY
 
 SAMPLES = Path(clipforge.__file__).parent / "bundled" / "samples"
 
@@ -161,10 +161,9 @@ def test_untrusted_names_and_labels_reach_the_terminal_escaped(tiny_file, tmp_pa
 
 
 def test_convert_to_hf_writes_a_directory_transformers_opens_whole(tiny_file, tmp_path, real_pixels):
+    import clip as openai_clip
     from transformers import CLIPModel as HFCLIPModel
     from transformers import CLIPProcessor as HFCLIPProcessor
-
-    import clip as openai_clip
 
     out = tmp_path / "hf"
     result = run_cli("convert", str(tiny_file), str(out), "--to", "hf")
@@ -194,10 +193,10 @@ def test_convert_to_hf_writes_a_directory_transformers_opens_whole(tiny_file, tm
 
 def test_transformers_drop_in_runs_seed_002_code_with_one_changed_import(tiny_file, tmp_path):
     from PIL import Image
-
-    from clipforge.compat.transformers import CLIPModel, CLIPProcessor
     from transformers import CLIPModel as HFCLIPModel
     from transformers import CLIPProcessor as HFCLIPProcessor
+
+    from clipforge.compat.transformers import CLIPModel, CLIPProcessor
 
     clip_path = tmp_path / "clip-vit-tiny"
     assert run_cli("convert", str(tiny_file), str(clip_path), "--to", "hf").returncode == 0

@@ -8,7 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipforge.configs import ClipConfig, PreprocessConfig, TextConfig, VisionTransformerConfig
+from clipforge.configs import (
+    ClipConfig,
+    PreprocessConfig,
+    TextConfig,
+    VisionTransformerConfig,
+)
 from clipforge.models import ClipModel
 from clipforge.tasks.guidance import ClipGuidance, spherical_distance_loss
 from clipforge.text import Tokenizer

@@ -7,22 +7,20 @@ from __future__ import annotations
 import io
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from tiny_models import TINY, train_config
 
 import clipforge
 from clipforge.image import ImageLoadError, ImageRef, load_image
 from clipforge.sources import read_table
-from tiny_models import TINY, train_config
 
 SAMPLES = Path(clipforge.__file__).parent / "bundled" / "samples"
 

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 import clipforge
-from clipforge.encoding import weights_digest
 from clipforge.cli import main as cli_main
 from clipforge.configs import ClipConfig, TextConfig, VisionTransformerConfig
+from clipforge.encoding import weights_digest
 from clipforge.image import load_image
 from clipforge.tasks.interrogation import (
     DEFAULT_TABLES,

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from references import build_hf, build_hf_processor, build_open_clip, build_openai
 from safetensors.torch import save_file
+from test_model_parity import assert_parity, shallow_config
 
 import clipforge
 from clipforge.checkpoint_formats import CheckpointError
 from clipforge.hub_cache import WeightsNotFoundError
-from references import build_hf, build_hf_processor, build_open_clip, build_openai
-from test_model_parity import assert_parity, shallow_config
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -51,10 +51,9 @@ def put_in_hf_cache(root: Path, hub_id: str, files: dict[str, Path]) -> Path:
 def test_named_weights_from_offline_cache_match_open_clip_end_to_end(offline_caches, tmp_path):
     """Same cached file, both libraries by name: open_clip's preprocess+tokenizer+model vs clipforge's."""
     import open_clip
-    from PIL import Image
-
     from conftest import CAPTIONS
     from image_fixtures import corpus_sample
+    from PIL import Image
 
     ref = build_open_clip("ViT-B-32", quick_gelu=True)
     weights = tmp_path / "open_clip_model.safetensors"

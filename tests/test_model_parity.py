@@ -12,10 +12,17 @@ import dataclasses
 
 import pytest
 import torch
+from references import (
+    ALL_ARCHS,
+    FULL_SIZE,
+    OPENAI_ARCHS,
+    build_hf,
+    build_open_clip,
+    build_openai,
+)
 
 import clipforge
 from clipforge import model_zoo
-from references import ALL_ARCHS, FULL_SIZE, OPENAI_ARCHS, build_hf, build_open_clip, build_openai
 
 RTOL = 1e-5
 VIT_ARCHS = [a for a in ALL_ARCHS if a.startswith("ViT")]

@@ -23,7 +23,12 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from clipforge.configs import ClipConfig, ResNetConfig, TextConfig, VisionTransformerConfig
+from clipforge.configs import (
+    ClipConfig,
+    ResNetConfig,
+    TextConfig,
+    VisionTransformerConfig,
+)
 from clipforge.model_zoo import get_architecture, list_architectures
 from clipforge.models import ClipModel
 from clipforge.planning import (
@@ -39,13 +44,17 @@ from clipforge.planning import (
     plan_training,
     sample_flops,
 )
-from clipforge.planning.calibration import PUBLISHED_RUNS, calibration_markdown, calibration_rows
+from clipforge.planning.calibration import (
+    PUBLISHED_RUNS,
+    calibration_markdown,
+    calibration_rows,
+)
 from clipforge.planning.flops import image_flops, text_flops
 from clipforge.planning.hardware import gpu_table_markdown
 from clipforge.planning.memory import tower_activations
 from clipforge.planning.plan import webdataset_bytes
-from clipforge.train.loss import ClipLoss
 from clipforge.train.loop import TrainModule, forward_backward
+from clipforge.train.loss import ClipLoss
 from clipforge.train.optim import build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -261,10 +270,11 @@ def test_webdataset_bytes_match_real_shards(tmp_path):
 
 
 def test_checkpoint_size_matches_a_trainer_checkpoint(tmp_path):
-    from clipforge.train import train
-    from clipforge.train.synthetic import write_shapes_dataset
     from tiny_models import TINY_TRAIN as model
     from tiny_models import train_config
+
+    from clipforge.train import train
+    from clipforge.train.synthetic import write_shapes_dataset
 
     data = write_shapes_dataset(tmp_path / "data", 16)
     config = train_config(train=str(data), batch_size=8, max_steps=1, out_dir=str(tmp_path / "run"),

@@ -18,7 +18,11 @@ from PIL import Image, ImageOps
 
 from clipforge.configs import PreprocessConfig
 from clipforge.image import Preprocess, load_image
-from clipforge.image.preprocess import composite_on_white, resized_shortest_side, to_8bit
+from clipforge.image.preprocess import (
+    composite_on_white,
+    resized_shortest_side,
+    to_8bit,
+)
 
 # The references' convert("RGB") warns on palette images with per-entry alpha; ours does not
 # (checked in test_no_palette_transparency_warning).
@@ -319,7 +323,11 @@ def test_center_crop_padding_paths_match_references() -> None:
     import torchvision.transforms as T
     from transformers.image_transforms import center_crop as hf_numpy_center_crop
 
-    from clipforge.image.preprocess import _center_crop_hf, _center_crop_hf_pil, _center_crop_openai
+    from clipforge.image.preprocess import (
+        _center_crop_hf,
+        _center_crop_hf_pil,
+        _center_crop_openai,
+    )
 
     for wh in [(5, 7), (224, 3), (3, 300), (10, 10), (223, 225), (9, 8)]:
         for mode in ("RGB", "P", "LA"):

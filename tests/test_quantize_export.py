@@ -13,7 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipforge.configs import ClipConfig, ResNetConfig, TextConfig, VisionTransformerConfig
+from clipforge.configs import (
+    ClipConfig,
+    ResNetConfig,
+    TextConfig,
+    VisionTransformerConfig,
+)
 from clipforge.models import ClipModel
 from clipforge.nn.layers import SelfAttention
 from clipforge.quantize import QuantizableSelfAttention, quantize_dynamic

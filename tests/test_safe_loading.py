@@ -16,7 +16,6 @@ from clipforge.checkpoint_formats import CheckpointError, read_checkpoint
 from clipforge.checkpoint_formats.safe_pickle import open_torch_file
 
 
-
 class _SystemPayload:
     """Unpickling this runs a shell command that creates the marker file."""
 

@@ -13,16 +13,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import CAPTIONS
+from image_fixtures import corpus_sample
 from PIL import Image
+from references import build_hf_processor
+from torchmetrics.functional.multimodal import (
+    clip_score as tm_clip_score,  # the oracle: no silent skip
+)
 
 import clipforge
 from clipforge.image.preprocess import composite_on_white, has_alpha
 from clipforge.tasks.scoring import PAPER_PREFIX, clip_score, score_from_cosine
-from conftest import CAPTIONS
-from references import build_hf_processor
-from image_fixtures import corpus_sample
-from torchmetrics.functional.multimodal import clip_score as tm_clip_score  # the oracle: no silent skip
-
 
 ATOL = 1e-4  # on torchmetrics' 0..100 scale
 SIZE = 32

@@ -19,7 +19,12 @@ from PIL import Image
 import clipforge
 from clipforge.cli import main as cli_main
 from clipforge.configs import ClipConfig, TextConfig, VisionTransformerConfig
-from clipforge.tasks.search import SearchIndex, build_faiss_index, exact_search, recall_at_k
+from clipforge.tasks.search import (
+    SearchIndex,
+    build_faiss_index,
+    exact_search,
+    recall_at_k,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Palette images with Transparency")
 

@@ -13,10 +13,10 @@ import dataclasses
 
 import pytest
 import torch
+from references import build_open_clip
 
 import clipforge
 from clipforge import model_zoo
-from references import build_open_clip
 
 TOL = 1e-5
 

@@ -24,8 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tokenizer_corpus import MIN_SIZE, build_corpus, long_tail_texts, realistic_captions  # noqa: E402
 
-from clipforge.text import Tokenizer, tokenize  # noqa: E402
-from clipforge.text import bpe, normalize  # noqa: E402
+from clipforge.text import Tokenizer, bpe, normalize, tokenize  # noqa: E402  # noqa: E402
 from clipforge.text import tokenizer as tokenizer_module  # noqa: E402
 
 with warnings.catch_warnings():
@@ -72,7 +71,9 @@ def open_clip_ids(corpus):
 
 @pytest.fixture(scope="session")
 def hf_tokenizer():
-    from transformers import CLIPTokenizer  # transformers 5: the Rust-backed ("fast") class
+    from transformers import (
+        CLIPTokenizer,  # transformers 5: the Rust-backed ("fast") class
+    )
 
     vocab = bpe.load_vocab()
     merges = [tuple(t.split()) for t in gzip.decompress(
@@ -196,7 +197,7 @@ def test_whitespace_never_changes_case_context():
 
 
 def test_both_merge_loops_equal_openai_bpe():
-    # Short words take the simple loop, long ones (> 128 bytes) the bucketed one; both must give
+    # Short words take the simple loop, long ones (> 64 bytes) the bucketed one; both must give
     # OpenAI's merges, also where a word crosses from one to the other.
     from clip.simple_tokenizer import SimpleTokenizer
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import train_config
+from train_ddp_worker import VARIANTS, global_batch
 
 from clipforge.train.distributed import DistInfo
 from clipforge.train.loop import build_model
 from clipforge.train.loss import build_loss
 from clipforge.train.step import TrainModule, forward_backward
 from clipforge.train.synthetic import write_shapes_dataset
-from tiny_models import train_config
-from train_ddp_worker import VARIANTS, global_batch
 
 pytestmark = pytest.mark.slow  # training runs (make test-fast leaves them out)
 

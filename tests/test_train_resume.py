@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_models import train_config_dict
 
 from clipforge.train.synthetic import write_shapes_dataset
-from tiny_models import train_config_dict
 
 # Calls train(); SLOW seconds of sleep after each step give the test time to kill it mid-run.
 RUNNER = """

@@ -12,14 +12,13 @@ import tarfile
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_models import TINY_TRAIN, train_config
 
 import clipforge
 from clipforge.configs import ClipConfig
 from clipforge.models import ClipModel
-from clipforge.train import train
-from clipforge.train import loop
+from clipforge.train import loop, train
 from clipforge.train.synthetic import draw_shape, shape_classes, write_shapes_dataset
-from tiny_models import TINY_TRAIN, train_config
 
 pytestmark = pytest.mark.slow  # training runs (make test-fast leaves them out)
 

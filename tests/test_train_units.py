@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import TINY_TRAIN
 
 from clipforge.image.augment import TrainTransform, sample_generator
+from clipforge.sources import expand_shards, read_table
 from clipforge.train.checkpointing import (
     list_checkpoints,
     load_checkpoint,
@@ -22,13 +24,11 @@ from clipforge.train.checkpointing import (
     set_rng_state,
 )
 from clipforge.train.config import apply_overrides, load_config, parse_override
-from clipforge.sources import expand_shards, read_table
 from clipforge.train.data import EpochBatchSampler, TrainData, balance_weights
 from clipforge.train.finetune import freeze_tower, wise_ft
 from clipforge.train.loss import ClipLoss, SigLipLoss
 from clipforge.train.optim import param_groups
 from clipforge.train.schedule import LRSchedule
-from tiny_models import TINY_TRAIN
 
 
 def _features(n: int = 6, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,8 +81,8 @@ def test_siglip_loss_matches_open_clip_value_and_gradients():
 
 
 def test_siglip_bias_lives_in_the_loss_not_the_model():
-    from clipforge.models import ClipModel
     from clipforge.configs import ClipConfig
+    from clipforge.models import ClipModel
 
     model = ClipModel(ClipConfig.from_dict(TINY_TRAIN))
     assert not any("bias" == name.split(".")[-1] and "logit" in name for name, _ in model.named_parameters())

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from image_fixtures import corpus_sample
 from PIL import Image
 
 import clipforge
@@ -26,7 +27,6 @@ from clipforge.tasks.zero_shot import (
     probabilities,
     resolve_templates,
 )
-from image_fixtures import corpus_sample
 
 LABELS = ["cat", "dog", "owl", "bird of prey", "diagram", "Red Rose (still life)"]
 IMAGE_SIZE = 32
@@ -108,7 +108,8 @@ def test_classify_caps_top_k_and_sorts(loaded, real_pixels):
 
 
 def test_templates_are_openais():
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES as OC_ALL, SIMPLE_IMAGENET_TEMPLATES as OC_SIMPLE
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES as OC_ALL
+    from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES as OC_SIMPLE
 
     assert list(OPENAI_IMAGENET_TEMPLATES) == [t("{}") for t in OC_ALL] and len(OPENAI_IMAGENET_TEMPLATES) == 80
     assert list(SIMPLE_TEMPLATES) == [t("{}") for t in OC_SIMPLE] and len(SIMPLE_TEMPLATES) == 7
@@ -192,7 +193,8 @@ def test_similarity_matrix_is_cosine_and_plot_writes_png(loaded, tmp_path):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from clipforge.cli import classify as classify_cli, compare as compare_cli
+    from clipforge.cli import classify as classify_cli
+    from clipforge.cli import compare as compare_cli
 
     parser = argparse.ArgumentParser(prog="clipforge")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -17,13 +17,19 @@ from pathlib import Path
 
 import torch
 
-from clipforge.train.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
+from clipforge.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    cleanup,
+    init_distributed,
+)
 from clipforge.train.loop import build_model, train
 from clipforge.train.loss import build_loss
 from clipforge.train.step import TrainModule, forward_backward
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import train_config  # noqa: E402
+
 VARIANTS = [  # (name, loss, local_loss, accum_steps, rows per rank when 2 ranks)
     ("clip_local", "clip", True, 1, (4, 4)),
     ("clip_full", "clip", False, 1, (4, 4)),

@@ -19,7 +19,6 @@ with the activation the file declares; any disagreement is an error, never a sil
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -28,9 +27,14 @@ import torch
 from clipforge import model_zoo
 from clipforge.checkpoint_formats import (
     Checkpoint,
+    CheckpointError,
     check_config,
+    check_weights,
+    declared_config,
     infer_config,
+    local_path_exists,
     read_checkpoint,
+    read_json,
     to_canonical,
     write_checkpoint,
 )
@@ -62,6 +66,7 @@ def load(
     preprocess_mode: Optional[Literal["openai", "hf"]] = None,
     cache_dir: Optional[Union[str, Path]] = None,
     offline: Optional[bool] = None,
+    allow_nonfinite: bool = False,
 ) -> tuple[ClipModel, Preprocess, Tokenizer]:
     """Load a CLIP model with its preprocessing and tokenizer. Returns `(model, preprocess, tokenizer)`.
 
@@ -71,6 +76,10 @@ def load(
     `arch` names an architecture (or gives a ClipConfig, for custom shapes) for files that do not say.
     `preprocess_mode` defaults to "hf" (CLIPImageProcessor's numbers) for transformers-format
     weights and "openai" otherwise, so each set of weights is preprocessed as its own library does.
+
+    A file is never trusted: anything wrong with it (see docs/security.md) raises `CheckpointError`
+    naming the file and the reason. Weights holding NaN or Inf raise `NonFiniteWeightsError` unless
+    `allow_nonfinite=True` (for inspecting a diverged training run, say).
     """
     if name_or_path is None or name_or_path == BUNDLED_MODEL_NAME:
         if weights is not None or arch is not None:
@@ -78,15 +87,18 @@ def load(
         name_or_path = bundled_model_path()
     name = str(name_or_path)
     preprocess_cfg: Optional[PreprocessConfig] = None
-    if Path(name).expanduser().exists():
-        model, preprocess_cfg, fmt = _load_path(Path(name).expanduser(), arch)
+    # A dangling symlink or a symlink loop is a local path too: read_checkpoint names what is wrong.
+    if local_path_exists(Path(name).expanduser()):
+        model, preprocess_cfg, fmt = _load_path(Path(name).expanduser(), arch, allow_nonfinite)
     elif weights is not None or _is_architecture(name):
         name = model_zoo.OPENAI_MODEL_NAMES.get(name, name)  # OpenAI's "ViT-B/32" spelling
         if arch is not None and arch != name:
             raise InvalidInputError(f"got both a named architecture {name!r} and arch={arch!r}; pass one")
-        model, preprocess_cfg, fmt = _load_named(name, weights, cache_dir=cache_dir, offline=offline)
+        model, preprocess_cfg, fmt = _load_named(
+            name, weights, cache_dir=cache_dir, offline=offline, allow_nonfinite=allow_nonfinite
+        )
     elif "/" in name and not name.startswith((".", "/")):
-        model, preprocess_cfg, fmt = _load_hub_id(name, arch, offline=offline)
+        model, preprocess_cfg, fmt = _load_hub_id(name, arch, offline=offline, allow_nonfinite=allow_nonfinite)
     else:
         raise MissingFileError(f"{name!r} is not a file or folder, a named architecture or a hub id (org/name); "
                                + model_zoo.suggest_names(name))
@@ -179,7 +191,8 @@ RANDOM_WEIGHTS = "none"  # weights="none": a randomly initialised model, asked f
 
 
 def _load_named(
-    name: str, tag: Optional[str], *, cache_dir: Optional[Union[str, Path]], offline: Optional[bool]
+    name: str, tag: Optional[str], *, cache_dir: Optional[Union[str, Path]], offline: Optional[bool],
+    allow_nonfinite: bool = False,
 ) -> tuple[ClipModel, Optional[PreprocessConfig], str]:
     from clipforge import hub_cache
 
@@ -204,11 +217,14 @@ def _load_named(
     config = model_zoo.get_architecture(record.arch)
     path = hub_cache.resolve_weights_file(record, cache_dir=cache_dir, offline=offline)
     checkpoint = read_checkpoint(path)
-    model = _model_from_checkpoint(checkpoint, config, source=f"{record.arch} ({tag}) from {path}")
+    model = _model_from_checkpoint(checkpoint, config, source=f"{record.arch} ({tag}) from {path}",
+                                   allow_nonfinite=allow_nonfinite)
     return model, record.preprocess, checkpoint.format
 
 
-def _load_hub_id(hub_id: str, arch: Union[str, ClipConfig, None], *, offline: Optional[bool]) -> tuple[ClipModel, Optional[PreprocessConfig], str]:
+def _load_hub_id(
+    hub_id: str, arch: Union[str, ClipConfig, None], *, offline: Optional[bool], allow_nonfinite: bool = False
+) -> tuple[ClipModel, Optional[PreprocessConfig], str]:
     from clipforge import hub_cache
 
     record = model_zoo.lookup_hf_hub_id(hub_id)
@@ -222,38 +238,42 @@ def _load_hub_id(hub_id: str, arch: Union[str, ClipConfig, None], *, offline: Op
             f"no such model known: {hub_id!r} is not a hub id clipforge knows and it is not in the Hugging Face "
             f"cache; {model_zoo.suggest_names(hub_id)}\n{e}"
         ) from None
-    model, preprocess_cfg, fmt = _load_path(directory, arch)
+    model, preprocess_cfg, fmt = _load_path(directory, arch, allow_nonfinite)
     if record is not None and preprocess_cfg is None:
         preprocess_cfg = record.preprocess
     return model, preprocess_cfg, fmt
 
 
-def _load_path(path: Path, arch: Union[str, ClipConfig, None]) -> tuple[ClipModel, Optional[PreprocessConfig], str]:
+def _load_path(
+    path: Path, arch: Union[str, ClipConfig, None], allow_nonfinite: bool = False
+) -> tuple[ClipModel, Optional[PreprocessConfig], str]:
     checkpoint = read_checkpoint(path)
     config = model_zoo.get_architecture(arch) if isinstance(arch, str) else arch
-    model = _model_from_checkpoint(checkpoint, config, source=str(path))
+    # Every file is read and checked before the model is built.
     preprocess_cfg = hf_preprocess_config(path) if checkpoint.format == "hf" else None
+    model = _model_from_checkpoint(checkpoint, config, source=str(path), allow_nonfinite=allow_nonfinite)
     return model, preprocess_cfg, checkpoint.format
 
 
-def _model_from_checkpoint(checkpoint: Checkpoint, requested: Optional[ClipConfig], source: str) -> ClipModel:
-    canonical = to_canonical(checkpoint.state_dict, checkpoint.format)
-    declared = _declared_config(checkpoint)
-    if requested is not None and declared is not None:
-        _check_same_numerics(requested, declared, source)
-    config = requested or declared or infer_config(canonical)
+def _model_from_checkpoint(
+    checkpoint: Checkpoint, requested: Optional[ClipConfig], source: str, allow_nonfinite: bool = False
+) -> ClipModel:
+    try:
+        canonical = to_canonical(checkpoint.state_dict, checkpoint.format)
+        # The config a file states about itself (clipforge metadata, open_clip_config.json or a
+        # transformers config.json), refused if not sane; it is checked against the tensors
+        # (layer counts first, then every shape) before any model is built.
+        declared = declared_config(checkpoint)
+        if requested is not None and declared is not None:
+            _check_same_numerics(requested, declared, source)
+        config = requested or declared or infer_config(canonical)
+        check_config(canonical, config)
+        check_weights(canonical, source, allow_nonfinite=allow_nonfinite)
+    except CheckpointError as exc:
+        if checkpoint.source in str(exc) or source in str(exc):
+            raise
+        raise type(exc)(f"{source}: {exc}") from None
     return build_model(config, canonical, source)
-
-
-def _declared_config(checkpoint: Checkpoint) -> Optional[ClipConfig]:
-    """The config a file states about itself (clipforge metadata or transformers' config.json)."""
-    from clipforge.checkpoint_formats import hf_config_to_clip_config
-
-    if checkpoint.clipforge_config is not None:
-        return checkpoint.clipforge_config
-    if checkpoint.hf_config is not None:
-        return hf_config_to_clip_config(checkpoint.hf_config)
-    return None
 
 
 def _check_same_numerics(requested: ClipConfig, declared: ClipConfig, source: str) -> None:
@@ -278,21 +298,33 @@ def hf_preprocess_config(directory: Path) -> Optional[PreprocessConfig]:
     if not directory.is_dir():
         return None
     raw: Optional[dict] = None
-    if (directory / "preprocessor_config.json").exists():
-        raw = json.loads((directory / "preprocessor_config.json").read_text())
-    elif (directory / "processor_config.json").exists():
-        raw = json.loads((directory / "processor_config.json").read_text()).get("image_processor")
+    path = directory / "preprocessor_config.json"
+    if local_path_exists(path):
+        raw = read_json(path, "image-processor config")
+    elif local_path_exists(path := directory / "processor_config.json"):
+        raw = read_json(path, "processor config")
+        raw = raw.get("image_processor") if isinstance(raw, dict) else None
     if not raw:
         return None
-    crop = raw.get("crop_size", 224)
-    size = crop.get("height", 224) if isinstance(crop, dict) else int(crop)
-    return PreprocessConfig(
-        image_size=size,
-        mean=tuple(raw.get("image_mean", PreprocessConfig.mean)),
-        std=tuple(raw.get("image_std", PreprocessConfig.std)),
-        interpolation="bilinear" if raw.get("resample") == 2 else "bicubic",
-        mode="hf",
-    )
+    try:
+        crop = raw.get("crop_size", 224)
+        size = crop.get("height", 224) if isinstance(crop, dict) else int(crop)
+        cfg = PreprocessConfig(
+            image_size=size,
+            mean=tuple(float(x) for x in raw.get("image_mean", PreprocessConfig.mean)),
+            std=tuple(float(x) for x in raw.get("image_std", PreprocessConfig.std)),
+            interpolation="bilinear" if raw.get("resample") == 2 else "bicubic",
+            mode="hf",
+        )
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise CheckpointError(f"{path}: not a usable image-processor config ({type(exc).__name__}: {exc})") from None
+    if (isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 2**14 or len(cfg.mean) != 3
+            or len(cfg.std) != 3 or not all(0 < s < 1e6 for s in cfg.std)
+            or not all(abs(m) < 1e6 for m in cfg.mean)):
+        raise CheckpointError(
+            f"{path}: image size {str(size)[:20]}, mean {str(cfg.mean)[:60]} or std {str(cfg.std)[:60]} out of range; refused"
+        )
+    return cfg
 
 
 def _base_name(name: str) -> str:

@@ -141,8 +141,105 @@ def expected_shapes(cfg: ClipConfig) -> dict[str, Shape]:
     return out
 
 
+# Sane limits for any config a file declares: far above every CLIP (bigG: width 1664, 48 layers;
+# the 18B EVA: 5120, 64), far below sizes that would stall a machine before the first tensor.
+_LIMITS = {"width": 2**16, "layers": 4096, "heads": 2**12, "image_size": 2**14, "patch_size": 2**14,
+           "context_length": 2**16, "vocab_size": 2**24, "embed_dim": 2**16, "mlp_width": 2**20}
+
+
+def _sane_int(value: object, name: str, low: int, high: int, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise CheckpointError(f"{source}: {name}={str(value)[:40]} is not an int in [{low:,}, {high:,}]; refused")
+    return value
+
+
+def _sane_float(value: object, name: str, low: float, high: float, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low <= value <= high):
+        raise CheckpointError(f"{source}: {name}={str(value)[:40]} is not a number in [{low}, {high}]; refused")
+    return float(value)
+
+
+def check_config_limits(cfg: ClipConfig, source: str = "config") -> None:
+    """Raise `CheckpointError` unless every size in `cfg` is a plain int within sane limits and
+    every head count divides its width. Cheap: nothing is built or enumerated.
+
+    A config read from a file is untrusted; this runs before it is compared with the file's tensors.
+    """
+    L = _LIMITS
+    v, t = cfg.vision, cfg.text
+    _sane_int(cfg.embed_dim, "embed_dim", 1, L["embed_dim"], source)
+    if isinstance(v, ResNetConfig):
+        layers = v.layers
+        if not isinstance(layers, tuple) or len(layers) != 4:
+            raise CheckpointError(f"{source}: vision.layers={str(layers)[:40]} is not 4 stage depths; refused")
+        for i, n in enumerate(layers):
+            _sane_int(n, f"vision.layers[{i}]", 1, L["layers"], source)
+        _sane_int(v.width, "vision.width", 2, L["width"], source)
+        _sane_int(v.heads, "vision.heads", 1, L["heads"], source)
+        _sane_int(v.image_size, "vision.image_size", 32, L["image_size"], source)
+        if (v.width * 32) % v.heads:
+            raise CheckpointError(f"{source}: vision.heads={v.heads} does not divide the attention-pool width {v.width * 32}")
+    elif isinstance(v, VisionTransformerConfig):
+        _sane_int(v.layers, "vision.layers", 1, L["layers"], source)
+        _sane_int(v.width, "vision.width", 1, L["width"], source)
+        _sane_int(v.heads, "vision.heads", 1, L["heads"], source)
+        _sane_int(v.image_size, "vision.image_size", 1, L["image_size"], source)
+        _sane_int(v.patch_size, "vision.patch_size", 1, v.image_size, source)
+        _sane_float(v.mlp_ratio, "vision.mlp_ratio", 0.0, 64.0, source)
+        _sane_int(v.mlp_width, "vision MLP width", 1, L["mlp_width"], source)
+        if v.width % v.heads:
+            raise CheckpointError(f"{source}: vision.heads={v.heads} does not divide vision.width={v.width}")
+    else:
+        raise CheckpointError(f"{source}: vision is a {type(v).__name__}, not a ViT or ResNet config")
+    if not isinstance(t, TextConfig):
+        raise CheckpointError(f"{source}: text is a {type(t).__name__}, not a text config")
+    _sane_int(t.layers, "text.layers", 1, L["layers"], source)
+    _sane_int(t.width, "text.width", 1, L["width"], source)
+    _sane_int(t.heads, "text.heads", 1, L["heads"], source)
+    _sane_int(t.context_length, "text.context_length", 2, L["context_length"], source)
+    _sane_int(t.vocab_size, "text.vocab_size", 3, L["vocab_size"], source)
+    _sane_float(t.mlp_ratio, "text.mlp_ratio", 0.0, 64.0, source)
+    _sane_int(t.mlp_width, "text MLP width", 1, L["mlp_width"], source)
+    for name in ("sot_token_id", "eot_token_id", "pad_token_id"):
+        _sane_int(getattr(t, name), f"text.{name}", 0, t.vocab_size - 1, source)
+    if t.width % t.heads:
+        raise CheckpointError(f"{source}: text.heads={t.heads} does not divide text.width={t.width}")
+    _sane_float(cfg.layer_norm_eps, "layer_norm_eps", 1e-12, 1.0, source)
+    _sane_float(cfg.init_logit_scale, "init_logit_scale", -100.0, 100.0, source)
+    _sane_float(cfg.max_logit_scale, "max_logit_scale", 1e-6, 1e6, source)
+
+
+def _layer_indices(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
+    """How many distinct block numbers appear under `prefix` (no order check)."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return len({m.group(1) for k in state_dict if (m := pattern.match(k))})
+
+
+def _check_depths(state_dict: dict[str, torch.Tensor], cfg: ClipConfig) -> None:
+    """Compare the config's layer counts with the blocks in the state dict before listing every key
+    of every layer: a config claiming a million layers is refused here, in microseconds."""
+    towers: list[tuple[str, int, str]] = [("text", cfg.text.layers, "transformer.resblocks.")]
+    if isinstance(cfg.vision, ResNetConfig):
+        towers += [(f"vision stage {s}", n, f"visual.layer{s}.") for s, n in enumerate(cfg.vision.layers, start=1)]
+    else:
+        towers.append(("vision", cfg.vision.layers, "visual.transformer.resblocks."))
+    for tower, declared, prefix in towers:
+        found = _layer_indices(state_dict, prefix)
+        if declared != found:
+            raise CheckpointError(
+                f"state dict does not match the config: {describe(cfg)} has {declared:,} {tower} layers "
+                f"but the state dict has {found:,} ('{prefix}N.')"
+            )
+
+
 def check_config(state_dict: dict[str, torch.Tensor], cfg: ClipConfig) -> None:
-    """Raise `CheckpointError` unless the canonical `state_dict` has exactly `cfg`'s keys and shapes."""
+    """Raise `CheckpointError` unless the canonical `state_dict` has exactly `cfg`'s keys and shapes.
+
+    The config's sizes and depths are checked first (`check_config_limits`, then layer counts
+    against the state dict), so the key list is only built for a config no bigger than the file.
+    """
+    check_config_limits(cfg)
+    _check_depths(state_dict, cfg)
     expected = expected_shapes(cfg)
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]

@@ -6,11 +6,15 @@ Resolution for a path:
                  open_clip_model.safetensors / open_clip_pytorch_model.bin)
   file        -> safetensors (by header), else a zip PyTorch archive (torch.save or TorchScript),
                  else a legacy torch.save file. Pickles go through `safe_pickle`, never `pickle.load`.
+
+Nothing a file declares is trusted: JSON is parsed with size and depth limits, a safetensors
+header's length and offsets are checked against the file before any tensor is read, and symlink
+loops, dangling links and FIFOs are named as such (see `limits` and docs/security.md).
 """
 
 from __future__ import annotations
 
-import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +24,20 @@ import torch
 
 from ..configs import ClipConfig
 from .errors import CheckpointError
+from .hf import hf_config_to_clip_config
+from .infer_config import check_config_limits
 from .layouts import detect_format
+from .limits import (
+    MAX_SAFETENSORS_HEADER_BYTES,
+    MAX_TENSOR_DIMS,
+    MAX_TENSORS,
+    optional_file,
+    parse_json,
+    path_kind,
+    read_json,
+)
 from .open_clip import open_clip_config_to_clip_config
-from .safe_pickle import open_torch_file
+from .safe_pickle import TensorRef, open_torch_file
 
 Format = Literal["openai", "open_clip", "hf", "clipforge"]
 
@@ -42,29 +57,107 @@ class Checkpoint:
     clipforge_config: Optional[ClipConfig] = None
 
 
-def _is_safetensors(path: Path) -> bool:
-    # A safetensors file starts with a little-endian u64 header length, then a JSON object.
+def _safetensors_kind(path: Path) -> Literal["safetensors", "not", "damaged"]:
+    """Whether a file is a safetensors file, by its first bytes.
+
+    A safetensors file starts with a little-endian u64 header length, then a JSON object. A file
+    that starts like one ('{' at byte 8, not a zip) but whose header length cannot fit is "damaged".
+    """
     with open(path, "rb") as f:
         head = f.read(9)
-    if len(head) < 9:
-        return False
+    if len(head) < 9 or head[8:9] != b"{" or head.startswith(b"PK"):
+        return "not"
     (n,) = struct.unpack("<Q", head[:8])
-    return head[8:9] == b"{" and 0 < n <= path.stat().st_size - 8
+    return "safetensors" if 0 < n <= path.stat().st_size - 8 else "damaged"
+
+
+# safetensors dtype names and their element sizes in bytes.
+_SAFETENSORS_ITEMSIZE = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+    "U64": 8, "U32": 4, "U16": 2, "C64": 8, "F8_E4M3": 1, "F8_E4M3FNUZ": 1, "F8_E5M2": 1, "F8_E5M2FNUZ": 1,
+}
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """The checked JSON header of a safetensors file: every offset inside the file, every size exact."""
+    source = str(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > MAX_SAFETENSORS_HEADER_BYTES or n > size - 8:
+            raise CheckpointError(
+                f"{source}: safetensors header length {n:,} bytes does not fit in the file ({size:,} bytes) "
+                f"or exceeds {MAX_SAFETENSORS_HEADER_BYTES:,}; damaged or not a safetensors file"
+            )
+        raw = f.read(n)
+    header = parse_json(raw, f"{source} (safetensors header)")
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{source}: safetensors header is not a JSON object")
+    if len(header) > MAX_TENSORS + 1:
+        raise CheckpointError(f"{source}: {len(header) - 1:,} tensors, more than the {MAX_TENSORS:,} allowed")
+    data_size = size - 8 - n
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise CheckpointError(f"{source}: safetensors __metadata__ must map names to strings")
+            continue
+        where = f"{source}: tensor {name!r}"
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{where}: its header entry is not an object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        itemsize = _SAFETENSORS_ITEMSIZE.get(dtype) if isinstance(dtype, str) else None
+        if itemsize is None:
+            raise CheckpointError(f"{where}: unsupported dtype {dtype!r}")
+        if (not isinstance(shape, list) or len(shape) > MAX_TENSOR_DIMS
+                or not all(type(d) is int and d >= 0 for d in shape)):
+            raise CheckpointError(f"{where}: shape {str(shape)[:80]} is not a list of at most "
+                                  f"{MAX_TENSOR_DIMS} non-negative ints")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+            raise CheckpointError(f"{where}: data_offsets {str(offsets)[:80]} are not [begin, end] with 0 <= begin <= end")
+        if offsets[1] > data_size:
+            raise CheckpointError(
+                f"{where}: data_offsets {offsets} reach past the end of the file's data ({data_size:,} bytes); "
+                "the file is truncated or damaged"
+            )
+        nbytes = math.prod(shape) * itemsize
+        if offsets[1] - offsets[0] != nbytes:
+            raise CheckpointError(
+                f"{where}: shape {shape} of {dtype} needs {nbytes:,} bytes but data_offsets {offsets} "
+                f"give {offsets[1] - offsets[0]:,}"
+            )
+        spans.append((offsets[0], offsets[1], name))
+    spans.sort()
+    for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
+        if begin < end:
+            raise CheckpointError(f"{source}: tensors {a!r} and {b!r} overlap in the file")
+    return header
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    header = _safetensors_header(path)  # checked first: safetensors' own errors name neither file nor reason well
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - SafetensorError and friends, named
+        raise CheckpointError(f"{path}: unreadable safetensors file ({type(exc).__name__}: {exc})") from exc
+    if len(tensors) != len(header) - ("__metadata__" in header):
+        raise CheckpointError(f"{path}: safetensors header and contents disagree")
     return tensors, metadata
 
 
-def _check_tensors(obj: Any, source: str) -> dict[str, torch.Tensor]:
+def _check_tensors(obj: Any, source: str) -> dict[str, TensorRef]:
+    """A flat dict of named tensor descriptions, checked before any tensor is read."""
     if not isinstance(obj, dict) or not obj:
         raise CheckpointError(f"{source}: expected a non-empty dict of tensors, got {type(obj).__name__}")
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if len(obj) > MAX_TENSORS:
+        raise CheckpointError(f"{source}: {len(obj):,} entries, more than the {MAX_TENSORS:,} tensors allowed")
+    bad = [k if isinstance(k, str) else repr(k)[:40] for k, v in obj.items()
+           if not isinstance(k, str) or not isinstance(v, TensorRef)]
     if bad:
         raise CheckpointError(
             f"{source}: entries that are not named tensors: {bad[:10]}; expected a state dict or an "
@@ -78,20 +171,43 @@ def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
     source = str(path)
     tf = open_torch_file(path)
     if tf.is_torchscript:
-        return _check_tensors(tf.materialize(tf.script_state_dict()), source), False  # layout: by keys
+        refs = _check_tensors(tf.script_state_dict(), source)  # layout: by keys
+        return {k: tf.tensor(v) for k, v in refs.items()}, False
     obj = tf.obj
     wrapped = False
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         # open_clip training checkpoint: {"epoch", "name", "state_dict", "optimizer", ...}.
         # Only the state dict's tensors are read; the optimizer state stays on disk.
         obj, wrapped = obj["state_dict"], True
-    return _check_tensors(tf.materialize(obj), source), wrapped
+    # Checked flat before anything is read: nested containers are never walked.
+    refs = _check_tensors(obj, source)
+    return {k: tf.tensor(v) for k, v in refs.items()}, wrapped
 
 
 def _read_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], bool]:
-    if _is_safetensors(path):
-        tensors, metadata = _read_safetensors(path)
+    """Tensors, safetensors metadata and whether a training-checkpoint wrapper held them.
+
+    Every refusal names the file: messages raised deeper down without it get it prefixed here.
+    """
+    try:
+        return _read_weights(path)
+    except CheckpointError as exc:
+        if str(path) in str(exc):
+            raise
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], bool]:
+    if path_kind(path) != "file":
+        raise CheckpointError(f"{path}: a directory where a weights file was expected")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: an empty file")
+    kind = _safetensors_kind(path)
+    if kind == "safetensors" or (kind == "damaged" and path.suffix == ".safetensors"):
+        tensors, metadata = _read_safetensors(path)  # a damaged header is named there
         return tensors, metadata, False
+    if kind == "damaged":
+        _safetensors_header(path)  # raises: it starts like a safetensors file but cannot be one
     if path.suffix == ".safetensors":
         raise CheckpointError(f"{path}: named .safetensors but its header is not a safetensors header")
     tensors, wrapped = _read_torch(path)
@@ -99,16 +215,21 @@ def _read_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, s
 
 
 def _read_sharded(index_path: Path) -> dict[str, torch.Tensor]:
-    index = json.loads(index_path.read_text())
-    weight_map = index.get("weight_map")
+    index = read_json(index_path, "shard index")
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):
         raise CheckpointError(f"{index_path}: no 'weight_map' in the shard index")
+    if not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index_path}: the shard index's weight_map must map tensor names to file names")
     out: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = index_path.parent / shard
-        if shard_path.parent != index_path.parent:
+        if shard_path.parent != index_path.parent or shard in ("", ".", ".."):
             raise CheckpointError(f"{index_path}: shard {shard!r} lies outside the checkpoint directory")
         tensors, _, _ = _read_weights_file(shard_path)
+        duplicated = sorted(set(tensors) & set(out))
+        if duplicated:
+            raise CheckpointError(f"{shard_path}: tensors also found in another shard: {duplicated[:10]}")
         out.update(tensors)
     missing = sorted(set(weight_map) - set(out))
     if missing:
@@ -122,11 +243,13 @@ _OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bi
 
 def _read_directory(path: Path) -> Checkpoint:
     source = str(path)
-    if (path / "config.json").is_file():
-        hf_config = json.loads((path / "config.json").read_text())
+    if optional_file(path / "config.json"):
+        hf_config = read_json(path / "config.json", "config.json")
+        if not isinstance(hf_config, dict):
+            raise CheckpointError(f"{path / 'config.json'}: a transformers config must be a JSON object")
         for name in _HF_WEIGHTS:
             weights = path / name
-            if weights.is_file():
+            if optional_file(weights):
                 if name.endswith(".index.json"):
                     tensors = _read_sharded(weights)
                 else:
@@ -135,14 +258,16 @@ def _read_directory(path: Path) -> Checkpoint:
         raise CheckpointError(f"{source}: has config.json but none of {list(_HF_WEIGHTS)}")
     for name in _OPEN_CLIP_WEIGHTS:
         weights = path / name
-        if weights.is_file():
+        if optional_file(weights):
             tensors, _, _ = _read_weights_file(weights)
             cfg = None
-            if (path / "open_clip_config.json").is_file():
+            config_path = path / "open_clip_config.json"
+            if optional_file(config_path):
                 # open_clip's hub layout: {"model_cfg": {...}, "preprocess_cfg": {...}}
-                model_cfg = json.loads((path / "open_clip_config.json").read_text()).get("model_cfg")
+                oc_config = read_json(config_path, "open_clip config")
+                model_cfg = oc_config.get("model_cfg") if isinstance(oc_config, dict) else None
                 if isinstance(model_cfg, dict):
-                    cfg = open_clip_config_to_clip_config(model_cfg)
+                    cfg = _config_from(config_path, open_clip_config_to_clip_config, model_cfg)
             return Checkpoint(tensors, "open_clip", None, source, cfg)
     raise CheckpointError(
         f"{source}: a directory without a transformers config.json + weights or open_clip weights "
@@ -157,18 +282,38 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     maps them onto the canonical layout. Raises `CheckpointError` for anything unsupported.
     """
     path = Path(path)
-    if path.is_dir():
+    if path_kind(path) == "dir":  # names symlink loops, broken links and FIFOs
         return _read_directory(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file or directory")
     tensors, metadata, wrapped = _read_weights_file(path)
     if CLIPFORGE_CONFIG_KEY in metadata:
-        try:
-            cfg = ClipConfig.from_dict(json.loads(metadata[CLIPFORGE_CONFIG_KEY]))
-        except (TypeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{path}: unreadable '{CLIPFORGE_CONFIG_KEY}' metadata: {exc}") from exc
+        where = f"{path} ('{CLIPFORGE_CONFIG_KEY}' metadata)"
+        cfg = _config_from(where, ClipConfig.from_dict, parse_json(metadata[CLIPFORGE_CONFIG_KEY], where))
         return Checkpoint(tensors, "clipforge", None, str(path), cfg)
     fmt = detect_format(tensors)
     if wrapped and fmt == "openai":
         fmt = "open_clip"  # a training-checkpoint wrapper is open_clip's, whatever the keys
     return Checkpoint(tensors, fmt, None, str(path))
+
+
+def _config_from(where: str | Path, convert: Any, raw: Any) -> ClipConfig:
+    """`convert(raw)` as a sane ClipConfig, or a CheckpointError naming `where` and the reason."""
+    try:
+        cfg = convert(raw)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError) as exc:
+        raise CheckpointError(f"{where}: not a usable CLIP config ({type(exc).__name__}: {exc})") from None
+    if not isinstance(cfg, ClipConfig):
+        raise CheckpointError(f"{where}: not a usable CLIP config")
+    check_config_limits(cfg, str(where))
+    return cfg
+
+
+def declared_config(checkpoint: Checkpoint) -> Optional[ClipConfig]:
+    """The config a checkpoint states about itself (clipforge metadata, open_clip_config.json or a
+    transformers config.json), checked against sane limits; None when it states none."""
+    if checkpoint.clipforge_config is not None:
+        return checkpoint.clipforge_config
+    if checkpoint.hf_config is not None:
+        return _config_from(Path(checkpoint.source) / "config.json", hf_config_to_clip_config, checkpoint.hf_config)
+    return None

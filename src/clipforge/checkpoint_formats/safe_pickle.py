@@ -12,16 +12,25 @@ TorchScript archives (OpenAI's released `.pt` files) pickle their module tree as
 `__torch__.*` classes. Each such class is replaced by an inert `ScriptObject` that only records
 its attributes; which attributes are parameters and buffers is read, as text, from the
 `__parameters__` / `__buffers__` lines of the archive's `code/` files (never executed).
+
+Sizes are checked before bytes are read: a zip member's declared size against its compressed
+size and the storage the pickle declares (deflate bombs are refused from the zip directory, before
+inflating), a legacy file's storages against the bytes left in the file, a tensor view against its
+storage (no view may show more elements than its storage holds). See `limits`.
 """
 
 from __future__ import annotations
 
 import ast
 import collections
+import io
+import math
+import os
 import pickle
 import re
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -29,6 +38,17 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from .errors import CheckpointError
+from .limits import (
+    ARCHIVE_EXPANSION,
+    ARCHIVE_SLACK_BYTES,
+    MAX_MEMBER_RATIO,
+    MAX_PICKLE_BYTES,
+    MAX_SCRIPT_CODE_BYTES,
+    MAX_SCRIPT_DEPTH,
+    MAX_SCRIPT_MODULES,
+    MAX_TENSOR_DIMS,
+    SMALL_MEMBER_BYTES,
+)
 
 CONVERT_HINT = (
     "If you trust the file, convert it once with the library that wrote it and re-save only the "
@@ -62,17 +82,29 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 
 
+class _Sealed:
+    """pickle's BUILD opcode would overwrite a checked object's fields (a TensorRef's size after its
+    bounds were checked, say); these objects refuse it."""
+
+    def __setstate__(self, state: Any) -> None:
+        raise CheckpointError(f"the pickle tries to modify a {type(self).__name__} after creating it; refused")
+
+
 @dataclass(frozen=True)
-class StorageRef:
+class StorageRef(_Sealed):
     """One storage of the file: its key in the file, element dtype and element count."""
 
     key: str
     dtype: torch.dtype
     numel: int
 
+    @property
+    def nbytes(self) -> int:
+        return self.numel * _itemsize(self.dtype)
+
 
 @dataclass(frozen=True)
-class TensorRef:
+class TensorRef(_Sealed):
     """A strided view of a storage, as the pickle describes it; no bytes read yet."""
 
     storage: StorageRef
@@ -82,9 +114,13 @@ class TensorRef:
 
 
 @dataclass(frozen=True)
-class _StorageType:
+class _StorageType(_Sealed):
     name: str
     dtype: torch.dtype
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 class ScriptObject:
@@ -129,6 +165,8 @@ def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, *
     size_t, stride_t = _as_int_tuple(size, "size"), _as_int_tuple(stride, "stride")
     if len(size_t) != len(stride_t):
         raise CheckpointError(f"tensor size {size_t} and stride {stride_t} differ in length")
+    if len(size_t) > MAX_TENSOR_DIMS:
+        raise CheckpointError(f"tensor with {len(size_t)} dimensions (at most {MAX_TENSOR_DIMS} are read)")
     # Bounds are checked here, before any bytes are read, so a crafted view cannot read past its storage.
     if all(s > 0 for s in size_t):
         last = storage_offset + sum((s - 1) * st for s, st in zip(size_t, stride_t))
@@ -136,6 +174,14 @@ def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, *
             raise CheckpointError(
                 f"tensor of size {size_t} (stride {stride_t}, offset {storage_offset}) reaches past "
                 f"its storage of {storage.numel} elements"
+            )
+        # A view with zero (or overlapping) strides can show far more elements than its storage
+        # holds: 4 bytes on disk, terabytes once made contiguous. No real checkpoint needs that.
+        numel = math.prod(size_t)
+        if numel > storage.numel:
+            raise CheckpointError(
+                f"tensor of size {size_t} (stride {stride_t}) shows {numel:,} elements of a storage of "
+                f"{storage.numel:,}: an overlapping view that would expand in memory; refused. " + CONVERT_HINT
             )
     return TensorRef(storage, storage_offset, size_t, stride_t)
 
@@ -253,10 +299,13 @@ def _unpickle(file: Any, source: str, allow_script_objects: bool = False) -> tup
     unpickler = _RestrictedUnpickler(file, source, allow_script_objects)
     try:
         return unpickler.load(), unpickler
-    except CheckpointError:
-        raise
-    except Exception as exc:  # a truncated or malformed pickle: say so, do not guess
-        raise CheckpointError(f"{source}: not a readable pickle ({type(exc).__name__}: {exc})") from exc
+    except CheckpointError as exc:
+        message = str(exc)
+        if source in message:
+            raise
+        raise CheckpointError(f"{source}: {message}") from None
+    except Exception as exc:  # noqa: BLE001 - a truncated or malformed pickle (or MemoryError): say so
+        raise CheckpointError(f"{source}: not a readable pickle ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,15 +331,25 @@ class TorchFile:
         return flat.as_strided(ref.size, ref.stride, ref.offset)
 
     def materialize(self, obj: Any) -> Any:
-        """Replace every TensorRef in plain containers by a tensor read from the file."""
+        """Replace every TensorRef in plain containers by a tensor read from the file.
+
+        For trusted structures (tests, tools): `read_checkpoint` never walks a file's containers,
+        it checks a flat dict of tensors first.
+        """
+        try:
+            return self._materialize(obj)
+        except RecursionError:
+            raise CheckpointError("containers nested too deeply to read") from None
+
+    def _materialize(self, obj: Any) -> Any:
         if isinstance(obj, TensorRef):
             return self.tensor(obj)
         if isinstance(obj, dict):
-            return {k: self.materialize(v) for k, v in obj.items()}
+            return {k: self._materialize(v) for k, v in obj.items()}
         if isinstance(obj, list):
-            return [self.materialize(v) for v in obj]
+            return [self._materialize(v) for v in obj]
         if isinstance(obj, tuple):
-            return tuple(self.materialize(v) for v in obj)
+            return tuple(self._materialize(v) for v in obj)
         return obj
 
     def script_state_dict(self) -> dict[str, TensorRef]:
@@ -298,12 +357,20 @@ class TorchFile:
         if not isinstance(self.obj, ScriptObject):
             raise CheckpointError("the archive's data.pkl does not hold a TorchScript module")
         out: dict[str, TensorRef] = {}
+        self._visited = 0
         self._walk(self.obj, "", out, set())
         return out
 
     def _walk(self, record: ScriptObject, prefix: str, out: dict[str, TensorRef], active: set[int]) -> None:
         if id(record) in active:
             raise CheckpointError(f"TorchScript module tree has a cycle at '{prefix}'")
+        # Shared submodules make the tree a DAG that a walk could visit exponentially often.
+        self._visited += 1
+        if self._visited > MAX_SCRIPT_MODULES or len(active) >= MAX_SCRIPT_DEPTH:
+            raise CheckpointError(
+                f"TorchScript module tree with more than {MAX_SCRIPT_MODULES:,} modules or deeper than "
+                f"{MAX_SCRIPT_DEPTH} levels (at '{prefix[:80]}'); refused"
+            )
         attributes = getattr(record, "attributes", None)
         if not isinstance(attributes, dict):
             raise CheckpointError(f"TorchScript object {record.type_name} at '{prefix}' has no attributes")
@@ -325,6 +392,7 @@ class TorchFile:
 
 
 def _flat_tensor(data: bytes | bytearray, ref: StorageRef, source: str) -> torch.Tensor:
+    """The storage's bytes as a flat tensor; a bytearray is used in place (no copy)."""
     itemsize = torch.empty((), dtype=ref.dtype).element_size()
     if len(data) != ref.numel * itemsize:
         raise CheckpointError(
@@ -339,29 +407,99 @@ _CLASS_RE = re.compile(r"^class\s+(\w+)\s*\(", re.MULTILINE)
 _DECL_RE = re.compile(r"^\s+(__parameters__|__buffers__)\s*=\s*(\[[^\]]*\])", re.MULTILINE)
 
 
-def _script_declarations(zf: zipfile.ZipFile, root: str) -> dict[str, tuple[list[str], list[str]] | None]:
+def _name_list(literal: str, where: str) -> list[str]:
+    # literal_eval only parses literals; nothing from the file is executed.
+    try:
+        value = ast.literal_eval(literal)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+        raise CheckpointError(f"{where}: unreadable declaration {literal[:60]!r} ({type(exc).__name__})") from None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CheckpointError(f"{where}: declaration {literal[:60]!r} is not a list of names")
+    return value
+
+
+class _ZipReader:
+    """Members of a torch zip archive, each size checked against the directory and the limits before
+    it is read, and all reads together bounded by the archive's size (see `limits`)."""
+
+    def __init__(self, path: Path, source: str) -> None:
+        self.source = source
+        self.archive_bytes = os.path.getsize(path)
+        self.budget = ARCHIVE_EXPANSION * self.archive_bytes + ARCHIVE_SLACK_BYTES
+        try:
+            self.zf = zipfile.ZipFile(path)
+            infos = self.zf.infolist()
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+            raise CheckpointError(f"{source}: a damaged zip archive ({type(exc).__name__}: {exc})") from None
+        self.infos = {info.filename: info for info in infos}
+
+    def size(self, name: str) -> int:
+        return self.infos[name].file_size
+
+    def read(self, name: str, limit: int, what: str) -> bytearray:
+        info = self.infos[name]
+        where = f"{self.source}: {what} '{name}'"
+        if info.flag_bits & 0x1:
+            raise CheckpointError(f"{where} is encrypted; refused")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise CheckpointError(f"{where} uses zip compression method {info.compress_type}; only stored "
+                                  "(as torch.save writes) and deflated members are read")
+        if info.file_size > limit:
+            raise CheckpointError(f"{where} declares {info.file_size:,} bytes, more than the {limit:,} allowed")
+        if info.file_size > SMALL_MEMBER_BYTES and info.file_size > MAX_MEMBER_RATIO * max(info.compress_size, 1):
+            raise CheckpointError(
+                f"{where} would inflate {info.compress_size:,} compressed bytes to {info.file_size:,} "
+                f"(more than {MAX_MEMBER_RATIO}:1): a deflate bomb? Refused before inflating; torch.save "
+                "stores members uncompressed"
+            )
+        if info.file_size > self.budget:
+            raise CheckpointError(
+                f"{where} declares {info.file_size:,} bytes; with what was read before, more than "
+                f"{ARCHIVE_EXPANSION} x the archive's {self.archive_bytes:,} bytes (overlapping or inflating members?); refused"
+            )
+        self.budget -= info.file_size
+        buffer = bytearray(info.file_size)  # read in place: one copy of the bytes, writable for torch
+        try:
+            with self.zf.open(info) as f:
+                view, filled = memoryview(buffer), 0
+                while filled < len(buffer):
+                    n = f.readinto(view[filled:])
+                    if not n:
+                        raise EOFError(f"member ends after {filled:,} of {len(buffer):,} bytes")
+                    filled += n
+                if f.read(1):
+                    raise zipfile.BadZipFile("member longer than its declared size")
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{where} cannot be read: {type(exc).__name__}: {exc}") from None
+        return buffer
+
+
+def _script_declarations(zr: _ZipReader, root: str) -> dict[str, tuple[list[str], list[str]] | None]:
     """Parameter and buffer names per TorchScript class, read as text from `<root>/code/**.py`."""
     out: dict[str, tuple[list[str], list[str]] | None] = {}
     code_dir = f"{root}/code/"
-    for name in zf.namelist():
-        if not (name.startswith(code_dir) and name.endswith(".py")):
-            continue
+    names = [n for n in zr.infos if n.startswith(code_dir) and n.endswith(".py")]
+    total = sum(zr.size(n) for n in names)
+    if total > MAX_SCRIPT_CODE_BYTES:
+        raise CheckpointError(f"{zr.source}: {total:,} bytes of TorchScript code, more than the "
+                              f"{MAX_SCRIPT_CODE_BYTES:,} allowed; refused before reading")
+    for name in names:
         module = name[len(code_dir):-3].replace("/", ".")
-        text = zf.read(name).decode("utf-8", errors="replace")
+        text = zr.read(name, MAX_SCRIPT_CODE_BYTES, "TorchScript code").decode("utf-8", errors="replace")
         starts = [(m.start(), m.group(1)) for m in _CLASS_RE.finditer(text)]
         for i, (start, cls) in enumerate(starts):
             body = text[start: starts[i + 1][0] if i + 1 < len(starts) else len(text)]
             decl = {m.group(1): m.group(2) for m in _DECL_RE.finditer(body)}
             if "__parameters__" in decl and "__buffers__" in decl:
-                # literal_eval only parses literals; nothing from the file is executed.
-                out[f"{module}.{cls}"] = (ast.literal_eval(decl["__parameters__"]), ast.literal_eval(decl["__buffers__"]))
+                where = f"{zr.source}: {name}, class {cls}"
+                out[f"{module}.{cls}"] = (_name_list(decl["__parameters__"], where), _name_list(decl["__buffers__"], where))
             else:
                 out[f"{module}.{cls}"] = None
     return out
 
 
-def _zip_root(zf: zipfile.ZipFile, source: str) -> str:
-    roots = {n.split("/")[0] for n in zf.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")}
+def _zip_root(names: Any, source: str) -> str:
+    roots = {n.split("/")[0] for n in names if n.count("/") == 1 and n.endswith("/data.pkl")}
     if len(roots) != 1:
         found = "several" if roots else "no"
         raise CheckpointError(
@@ -372,26 +510,39 @@ def _zip_root(zf: zipfile.ZipFile, source: str) -> str:
 
 
 def _open_zip(path: Path, source: str) -> TorchFile:
-    zf = zipfile.ZipFile(path)
-    root = _zip_root(zf, source)
-    names = set(zf.namelist())
-    if f"{root}/byteorder" in names and zf.read(f"{root}/byteorder").strip() != b"little":
+    zr = _ZipReader(path, source)
+    names = zr.infos
+    root = _zip_root(names, source)
+    if f"{root}/byteorder" in names and zr.read(f"{root}/byteorder", 64, "member").strip() != b"little":
         raise CheckpointError(f"{source}: big-endian archives are not supported. {CONVERT_HINT}")
     is_script = any(n.startswith(f"{root}/code/") for n in names)
-    with zf.open(f"{root}/data.pkl") as f:
-        obj, _ = _unpickle(f, source, allow_script_objects=is_script)
+    data = zr.read(f"{root}/data.pkl", MAX_PICKLE_BYTES, "pickle")
+    obj, _ = _unpickle(io.BytesIO(data), source, allow_script_objects=is_script)
+    del data
 
     def read_storage(ref: StorageRef) -> torch.Tensor:
         entry = f"{root}/data/{ref.key}"
         if entry not in names:
             raise CheckpointError(f"{source}: storage entry {entry!r} is missing")
-        return _flat_tensor(zf.read(entry), ref, source)
+        # The pickle's declared size must be exactly the member's size, checked before reading.
+        if zr.size(entry) != ref.nbytes:
+            raise CheckpointError(
+                f"{source}: storage {ref.key!r} holds {zr.size(entry)} bytes, expected {ref.numel} x "
+                f"{_itemsize(ref.dtype)} ({ref.dtype})"
+            )
+        return _flat_tensor(zr.read(entry, ref.nbytes, "storage"), ref, source)
 
-    declarations = _script_declarations(zf, root) if is_script else None
+    try:
+        declarations = _script_declarations(zr, root) if is_script else None
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any other failure of a TorchScript archive, named
+        raise CheckpointError(f"{source}: unreadable TorchScript archive ({type(exc).__name__}: {exc})") from None
     return TorchFile(obj, is_script, read_storage, declarations)
 
 
 def _open_legacy(path: Path, source: str) -> TorchFile:
+    file_bytes = os.path.getsize(path)
     with open(path, "rb") as f:
         magic, _ = _unpickle(f, source)
         if magic != _LEGACY_MAGIC:
@@ -401,7 +552,7 @@ def _open_legacy(path: Path, source: str) -> TorchFile:
             )
         protocol, _ = _unpickle(f, source)
         if protocol != _LEGACY_PROTOCOL:
-            raise CheckpointError(f"{source}: unsupported legacy torch.save protocol {protocol!r}")
+            raise CheckpointError(f"{source}: unsupported legacy torch.save protocol {str(protocol)[:40]!r}")
         sys_info, _ = _unpickle(f, source)
         if not isinstance(sys_info, dict) or not sys_info.get("little_endian", False):
             raise CheckpointError(f"{source}: big-endian legacy files are not supported. {CONVERT_HINT}")
@@ -421,15 +572,22 @@ def _open_legacy(path: Path, source: str) -> TorchFile:
             (numel,) = struct.unpack("<q", header)
             if numel != ref.numel:
                 raise CheckpointError(f"{source}: storage {key!r} has {numel} elements, expected {ref.numel}")
-            offsets[key] = f.tell()
-            f.seek(numel * torch.empty((), dtype=ref.dtype).element_size(), 1)
+            start = f.tell()
+            # The declared size must fit in what is left of the file, checked before anything is read.
+            if ref.nbytes > file_bytes - start:
+                raise CheckpointError(
+                    f"{source}: storage {key!r} declares {numel:,} elements of {ref.dtype} ({ref.nbytes:,} bytes) "
+                    f"but only {file_bytes - start:,} bytes are left in the file"
+                )
+            offsets[key] = start
+            f.seek(ref.nbytes, 1)
 
     def read_storage(ref: StorageRef) -> torch.Tensor:
         if ref.key not in offsets:
             raise CheckpointError(f"{source}: storage {ref.key!r} is missing")
         with open(path, "rb") as fh:
             fh.seek(offsets[ref.key])
-            return _flat_tensor(fh.read(ref.numel * torch.empty((), dtype=ref.dtype).element_size()), ref, source)
+            return _flat_tensor(fh.read(ref.nbytes), ref, source)
 
     return TorchFile(obj, False, read_storage)
 
@@ -438,6 +596,10 @@ def open_torch_file(path: str | Path) -> TorchFile:
     """Open a torch.save file (zip or legacy) or a TorchScript archive without executing it."""
     path = Path(path)
     source = str(path)
-    if zipfile.is_zipfile(path):
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as exc:
+        raise CheckpointError(f"{source}: cannot be read ({exc})") from None
+    if is_zip:
         return _open_zip(path, source)
     return _open_legacy(path, source)

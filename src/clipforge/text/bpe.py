@@ -11,6 +11,12 @@ line. CLIP uses the first 48,894 of them; the id layout is
 Symbols are handled as integer ids throughout: a merge of ids (a, b) is looked up by the key
 ``a << 16 | b`` and yields the merged id. Because merged ids grow with the merge's rank, "lowest
 rank first" is simply "smallest merged id first".
+
+Long words (a megabyte with no space in it) are cut at *synchronisation points*: positions that are
+provably token boundaries of the whole word's encoding, found from a bounded window of bytes (see
+``BytePairVocab.sync_point``). So the first 75 tokens of a megabyte-long word cost about as much as
+those of a kilobyte, and repetitive long words (one character a million times) are encoded chunk by
+chunk from a memo; anything else falls back to the O(n log n) merge loop over the whole word.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 import gzip
 import heapq
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -28,9 +34,19 @@ END_OF_TEXT = "<|endoftext|>"
 END_OF_WORD = "</w>"
 
 # Words up to this many bytes use the simple merge loop (quadratic, but in C for short lists);
-# longer ones the bucketed one, which stays near-linear for a megabyte-long "word".
-_SHORT_WORD_BYTES = 128
+# longer ones the bucketed one, which stays near-linear for a megabyte-long "word" (and is already
+# faster from about 64 bytes on).
+_SHORT_WORD_BYTES = 64
 _NO_MERGE = 1 << 30
+# Words longer than this are truncated through synchronisation points (bpe_prefix) ...
+_LONG_WORD_BYTES = 2048
+# ... and words longer than this are encoded through the memo of repeated chunks (bpe), where
+# the two synchronisation points tried on a word that does not repeat cost under 5%.
+_MEMO_WORD_BYTES = 65536
+# Bytes per chunk when a long word is encoded through synchronisation points, and how many chunks
+# may miss the memo before the rest of the word goes to the merge loop in one piece.
+_SYNC_CHUNK_BYTES = 512
+_SYNC_MISSES = 2
 
 
 def byte_order() -> list[int]:
@@ -110,11 +126,159 @@ class BytePairVocab:
     def bpe(self, word: str) -> tuple[int, ...]:
         """Merge the bytes of ``word`` exactly as OpenAI's ``SimpleTokenizer.bpe`` does."""
         data = word.encode("utf-8", "surrogatepass")  # surrogates never get here; never crash
+        if len(data) > _MEMO_WORD_BYTES:
+            return tuple(self._bpe_long(data))
+        return tuple(self._merge_word(data))
+
+    def bpe_prefix(self, word: str, n_tokens: int) -> tuple[int, ...]:
+        """``bpe(word)[:n_tokens]``, with work proportional to the bytes those tokens span.
+
+        Exact: the tokens returned end at a synchronisation point, which the whole word's encoding
+        provably has as a boundary (see ``sync_point``); the rest of the word is never merged.
+        """
+        if n_tokens <= 0:
+            return ()
+        data = word.encode("utf-8", "surrogatepass")
+        if len(data) <= _LONG_WORD_BYTES:
+            return self.word_ids(word)[:n_tokens]
+        out: list[int] = []
+        start = 0
+        size = 2 * n_tokens + 32  # bytes; random letters take ~1.8 per token, long runs more
+        while len(out) < n_tokens:
+            found = self.sync_point(data, start, size)
+            if found is None:
+                if start + size + 3 * self.max_token_bytes >= len(data):
+                    out.extend(self._merge_word(data[start:]))  # near the end: the rest at once
+                    break
+                size *= 2  # no common boundary in this window (rare): look further
+                continue
+            start, tokens = found
+            out.extend(tokens)
+            # The rest, at the bytes per token seen so far (and a margin).
+            size = (n_tokens - len(out)) * (start // max(len(out), 1) + 1) + 32
+        return tuple(out[:n_tokens])
+
+    def sync_point(self, data: bytes, start: int, size: int) -> tuple[int, list[int]] | None:
+        """A synchronisation point after ``start`` and the tokens up to it, or None.
+
+        Given that ``start`` is a token boundary of the encoding of the whole word ``data`` (0 is),
+        returns ``(q, tokens)`` with ``start < q <= start + size`` such that q is one too and
+        ``tokens`` are that encoding's tokens between ``start`` and ``q``. Only
+        ``data[start : start + size + 2 * max_token_bytes]`` is read.
+
+        Why it is exact. BPE (lowest rank first, leftmost first) has two properties (proved in
+        github/rust-gems, crates/bpe: "Corollary II", and the uniqueness of the encoding): the tokens
+        of an encoding up to any of its boundaries are the encoding of that prefix alone, and the
+        encoding is determined by the text. Let e = start + size and let w be the length of the
+        longest vocabulary token that occurs in the text overlapping [e, e + w) (found by scanning
+        ``data[e - L : e + 2L]`` for L = the longest token). Going back from the end of the word,
+        the boundaries of the word's encoding move at most one token at a time, and no token
+        that overlaps the window is longer than the window, so one boundary p lies in
+        [e, e + w); the encoding up to p is then the encoding of ``data[start:p]``. Every such
+        prefix encoding is computed here; a position q that is a boundary of all of them is a
+        boundary of the whole word's encoding, whichever p it is, with the same tokens before it.
+        tests/test_tokenizer_hardening.py checks the result against the plain merge loop.
+        """
+        L = self.max_token_bytes
+        e = start + size
+        if e + 2 * L >= len(data):  # the window must not reach the word's last (end-of-word) token
+            return None
+        w = self._longest_token_near(data, e)
+        table, lengths = self.byte_id_table, self.token_lengths
+        common: set[int] | None = None
+        first: list[int] = []
+        for p in range(e, e + w):
+            tokens = self._merge_symbols(list(data[start:p].translate(table)))
+            pos, bounds = start, set()
+            for t in tokens:
+                pos += lengths[t]
+                bounds.add(pos)
+            common = bounds if common is None else common & bounds
+            if p == e:
+                first = tokens
+            if not common:
+                return None
+        q = max(common)
+        n, pos = 0, start
+        while pos < q:
+            pos += lengths[first[n]]
+            n += 1
+        return q, first[:n]
+
+    def _longest_token_near(self, data: bytes, e: int) -> int:
+        """Length of the longest vocabulary token occurring in ``data[e - L : e + 2L]``."""
+        L = self.max_token_bytes
+        region = data[max(e - L, 0) : e + 2 * L]
+        tokens, longest_from = self.mid_word_tokens, self.longest_token_from_pair
+        best = 1
+        for j in range(len(region) - 1):
+            n = min(longest_from[region[j] << 8 | region[j + 1]], len(region) - j)
+            while n > best:
+                if region[j : j + n] in tokens:
+                    best = n
+                    break
+                n -= 1
+        return best
+
+    def _bpe_long(self, data: bytes) -> list[int]:
+        """The encoding of a long word: chunk by chunk through synchronisation points while the
+        chunks repeat (a memo keyed by every byte ``sync_point`` reads, so exact), then the rest
+        of the word in one merge loop."""
+        L = self.max_token_bytes
+        memo: dict[bytes, tuple[int, list[int]]] = {}
+        out: list[int] = []
+        start, misses = 0, 0
+        span = _SYNC_CHUNK_BYTES + 2 * L
+        while start + span < len(data):
+            key = data[start : start + span]
+            hit = memo.get(key)
+            if hit is None:
+                if misses == _SYNC_MISSES:
+                    break
+                misses += 1
+                found = self.sync_point(data, start, _SYNC_CHUNK_BYTES)
+                if found is None:
+                    break
+                hit = memo[key] = (found[0] - start, found[1])
+            out.extend(hit[1])
+            start += hit[0]
+        out.extend(self._merge_word(data[start:]))
+        return out
+
+    def _merge_word(self, data: bytes) -> list[int]:
+        """The merge loop over a whole word (its last byte as the end of the word)."""
         symbols = list(data[:-1].translate(self.byte_id_table))  # mid-word byte ids are < 256
         symbols.append(self.byte_id_end[data[-1]])
+        return self._merge_symbols(symbols)
+
+    def _merge_symbols(self, symbols: list[int]) -> list[int]:
         if len(symbols) <= _SHORT_WORD_BYTES:
-            return tuple(_merge_rounds(symbols, self.merges, self.byte_pair_merges))
-        return tuple(_merge_buckets(symbols, self.merges))
+            return _merge_rounds(symbols, self.merges, self.byte_pair_merges)
+        return _merge_buckets(symbols, self.merges)
+
+    @cached_property
+    def token_lengths(self) -> list[int]:
+        """id -> how many bytes of the text it spans ("</w>" spans none)."""
+        return [len(b) - (t.endswith(END_OF_WORD)) for b, t in zip(self.token_bytes, self.tokens)]
+
+    @cached_property
+    def mid_word_tokens(self) -> frozenset[bytes]:
+        """The bytes of every token that can stand inside a word (not ending in "</w>")."""
+        return frozenset(b for b, t in zip(self.token_bytes[:-2], self.tokens) if not t.endswith(END_OF_WORD))
+
+    @cached_property
+    def max_token_bytes(self) -> int:
+        return max(self.token_lengths[:-2])
+
+    @cached_property
+    def longest_token_from_pair(self) -> list[int]:
+        """(first byte << 8 | second byte) -> length of the longest token that starts with them (0: none)."""
+        out = [0] * 65536
+        for b in self.mid_word_tokens:
+            if len(b) > 1:
+                key = b[0] << 8 | b[1]
+                out[key] = max(out[key], len(b))
+        return out
 
     def decode_bytes(self, ids: list[int]) -> bytes:
         return b"".join(self.token_bytes[i] for i in ids)
