@@ -19,6 +19,7 @@ with the activation the file declares; any disagreement is an error, never a sil
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Literal, Optional, Union
 
