@@ -147,8 +147,11 @@ def test_named_arch_disagreeing_with_tensors_names_the_tensor(tmp_path):
     ref = build_openai("ViT-B-32", depth=2)
     path = tmp_path / "model.pt"
     torch.save(ref.state_dict(), path)
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError) as err:  # depths differ: named by layer count, before any shape
         clipforge.load(path, arch="ViT-B-16-quickgelu")
+    assert "has 12 text layers but the state dict has 2" in str(err.value), str(err.value)
+    with pytest.raises(ValueError) as err:  # same depths, another patch size: named by tensor
+        clipforge.load(path, arch=shallow_config("ViT-B-16-quickgelu", 2))
     message = str(err.value)
     assert "visual.conv1.weight" in message or "visual.positional_embedding" in message, message
 

@@ -256,7 +256,7 @@ def _hf_defined(text: str) -> bool:
 
 @pytest.mark.slow  # the whole 30k-string corpus through the reference tokenizers
 def test_hf_padding_equals_transformers_where_defined(corpus, hf_ids):
-    tok = Tokenizer(pad="hf", special_tokens="openai")
+    tok = Tokenizer(pad_token_id=49407, special_tokens="openai")
     total, failures = 0, []
     for name, texts in corpus.items():
         n, bad = _compare(texts, hf_ids[name], tok(texts), skip=lambda t: not _hf_defined(t))
@@ -268,7 +268,7 @@ def test_hf_padding_equals_transformers_where_defined(corpus, hf_ids):
 
 def test_where_transformers_differs(hf_tokenizer):
     # Documented in docs/tokenizer.md: each of these differs from OpenAI in transformers.
-    tok = Tokenizer(pad="hf", special_tokens="openai")
+    tok = Tokenizer(pad_token_id=49407, special_tokens="openai")
     differs = ["don’t", "&amp;", "ﬁne", "ＬＯＵＤ", "sÃ³", "ΟΔΟΣ", "it'ſ", "<|ENDOFTEXT|>", "a\x1b[31mb", "ǅ"]
     for text in differs:
         theirs = hf_tokenizer(text, padding="max_length", max_length=77, truncation=True)["input_ids"]
@@ -313,7 +313,7 @@ def test_truncate_false_raises_with_index_preview_and_count():
 
 
 def test_padding_conventions():
-    oc, hf = Tokenizer(), Tokenizer(pad="hf")
+    oc, hf = Tokenizer(), Tokenizer(pad_token_id=49407)
     assert (oc.pad_token_id, hf.pad_token_id) == (0, EOT)
     a, b = oc("a cat!"), hf("a cat!")
     assert a[0, :5].tolist() == [SOT, 320, 2368, 256, EOT] and (a[0, 5:] == 0).all()
@@ -346,7 +346,7 @@ def test_openai_special_mode_reproduces_openai():
 
 def test_bad_options():
     with pytest.raises(ValueError):
-        Tokenizer(pad="left")
+        Tokenizer(pad_token_id=1)
     with pytest.raises(ValueError):
         Tokenizer(special_tokens="none")
     with pytest.raises(ValueError):
@@ -376,7 +376,7 @@ def test_decode_round_trip_on_corpus(corpus):
 
 
 def test_decode_strips_framing_but_keeps_content():
-    oc, hf = Tokenizer(), Tokenizer(pad="hf")
+    oc, hf = Tokenizer(), Tokenizer(pad_token_id=49407)
     for text in ["a photo of a cat.", "wow!", "!!", "漢字 don't", "3.14 ÷ 2", ""]:
         want = oc.decode(oc.encode(text))
         assert oc.decode(oc(text)[0]) == want == hf.decode(hf(text)[0]) == oc.decode(hf(text)[0])

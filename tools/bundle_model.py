@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from clipforge.checkpoint_formats import read_checkpoint, write_checkpoint
+from clipforge.configs import ModelRecord, Provenance
 
 BUNDLED = Path(__file__).resolve().parents[1] / "src" / "clipforge" / "bundled"
 SAMPLES_PER_CLASS = 1
@@ -29,7 +30,9 @@ def main(weights: str, data_dir: str) -> None:
     checkpoint = read_checkpoint(Path(weights))
     state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in checkpoint.state_dict.items()}
     BUNDLED.mkdir(parents=True, exist_ok=True)
-    write_checkpoint(state, checkpoint.clipforge_config, BUNDLED / "clipforge-mini.safetensors", "clipforge")
+    record = checkpoint.record or ModelRecord.default(checkpoint.clipforge_config)
+    record = record.replace(provenance=Provenance("clipforge", "recipes/clipforge-mini.toml", architecture_name="clipforge-mini"))
+    write_checkpoint(state, record, BUNDLED / "clipforge-mini.safetensors", "clipforge")
 
     classes = json.loads((data / "classes.json").read_text())
     (BUNDLED / "classes.json").write_text(json.dumps(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
 from clipforge.errors import InvalidInputError
 
@@ -125,3 +125,69 @@ class PreprocessConfig:
     # "openai": torchvision Resize(shortest side) + CenterCrop(round) + RGB after resize, as clip/open_clip.
     # "hf": transformers' CLIPImageProcessor (RGB first, floor crop offsets).
     mode: Literal["openai", "hf"] = "openai"
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """How text becomes the model's token ids."""
+
+    kind: Literal["clip_bpe"] = "clip_bpe"  # OpenAI's byte-level BPE with ftfy + whitespace cleaning, lower case
+    context_length: int = 77
+    # What follows the end token: 0 (OpenAI, open_clip, LAION's transformers repos) or the end token
+    # 49407 (OpenAI's transformers repos). Pooling reads the first end token, so CLIP's embeddings do
+    # not depend on it; per-token hidden states (Stable Diffusion conditioning) do.
+    pad_token_id: int = 0
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the weights came from: what a record says about its own origin (not needed to run)."""
+
+    source_format: str = "unknown"  # "openai", "open_clip", "hf", "clipforge", "sd-single-file", ...
+    source: Optional[str] = None  # the path or hub id read
+    sha256: Optional[str] = None  # of the weights file, when known (published, or recorded when written)
+    weights_tag: Optional[str] = None  # the named weights ("openai", "laion2b_s34b_b79k")
+    architecture_name: Optional[str] = None  # the named architecture, when there is one
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """Everything numerical that travels with a model's weights: the architecture (activation,
+    LayerNorm eps, shapes), the preprocessing, the tokenizer, and where the weights came from.
+
+    `clipforge.load` builds the model, its Preprocess and its Tokenizer from one record; every
+    format that has room stores it (docs/checkpoints.md), so a model comes back from disk exactly
+    as it went in.
+    """
+
+    architecture: ClipConfig
+    preprocess: PreprocessConfig
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    provenance: Provenance = field(default_factory=Provenance)
+
+    @classmethod
+    def default(cls, architecture: ClipConfig) -> "ModelRecord":
+        """The documented default numerics for an architecture that states nothing else: OpenAI's
+        preprocessing at its image size, its context length, padding with 0."""
+        return cls(architecture, PreprocessConfig(image_size=architecture.image_size),
+                   TokenizerConfig(context_length=architecture.text.context_length))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["architecture"] = self.architecture.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelRecord":
+        preprocess = dict(d["preprocess"])
+        for key in ("mean", "std"):
+            preprocess[key] = tuple(float(v) for v in preprocess[key])
+        return cls(
+            architecture=ClipConfig.from_dict(d["architecture"]),
+            preprocess=PreprocessConfig(**preprocess),
+            tokenizer=TokenizerConfig(**d.get("tokenizer", {})),
+            provenance=Provenance(**d.get("provenance", {})),
+        )
+
+    def replace(self, **changes: Any) -> "ModelRecord":
+        return dataclasses.replace(self, **changes)

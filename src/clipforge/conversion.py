@@ -1,10 +1,17 @@
-"""Convert a checkpoint between formats, checking the result numerically before anything is written."""
+"""Convert a checkpoint between formats, checking the result numerically before anything is written,
+and, where the target's own library is installed, checking the written file with that library.
+
+A check that compares clipforge with clipforge only catches asymmetric key-mapping bugs; reading the
+written file with transformers / open_clip / OpenAI's clip catches what their readers disagree with.
+Those libraries are optional: without them the second check is reported as skipped.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+import json
+from typing import Any, Optional, Union
 
 import torch
 
@@ -21,18 +28,12 @@ class ConversionReport:
     format: str
     max_abs_diff: float  # largest |difference| over image features, text features and logits
     feature_scale: float  # largest |value| of the source's outputs, to read the difference against
+    library_check: str = "not checked by another library"  # what the target's own library said of the written file
 
 
 def compare_models(a: ClipModel, b: ClipModel, seed: int = 0) -> tuple[float, float]:
     """Max abs difference of image/text features and logits on fixed random inputs, and the output scale."""
-    gen = torch.Generator().manual_seed(seed)
-    size = a.config.image_size
-    pixels = torch.randn(2, 3, size, size, generator=gen)
-    text = a.config.text
-    tokens = torch.randint(1, text.eot_token_id - 1, (2, text.context_length), generator=gen)
-    tokens[:, 0] = text.sot_token_id
-    tokens[0, 9], tokens[1, text.context_length - 1] = text.eot_token_id, text.eot_token_id
-    tokens[0, 10:] = text.pad_token_id
+    pixels, tokens = _probe_inputs(a, seed)
     diff, scale = 0.0, 0.0
     with torch.no_grad():
         for fn in (lambda m: m.encode_image(pixels.to(m.dtype)), lambda m: m.encode_text(tokens), lambda m: m(pixels, tokens)[0]):
@@ -47,19 +48,83 @@ def convert(
     rtol: float = 1e-5,
 ) -> ConversionReport:
     """Load `source`, convert to `to`, verify the converted weights give the same numbers, then write."""
-    model, preprocess, _ = load(source, arch=arch)
+    model, _, _ = load(source, arch=arch)
     canonical = {k: v.detach() for k, v in model.state_dict().items()}
     if to != "clipforge":
         # Go through the target layout and back in memory: this is exactly what a reader of the file will see.
         canonical = to_canonical(from_canonical(canonical, to), to)
     converted = build_model(model.config, canonical, source=f"{source} as {to}").eval()
+    converted.record = model.record  # the numerics travel with the weights
     diff, scale = compare_models(model, converted)
     if diff > rtol * max(scale, 1.0):
         raise ClipforgeRuntimeError(f"conversion of {source} to {to} changes outputs: max abs difference {diff:.3g} (scale {scale:.3g}); nothing written")
-    save(converted, destination, format=to, preprocess=preprocess)
+    save(converted, destination, format=to)
     # Read back what was written: it must hold exactly the tensors we checked.
     written = to_canonical(read_checkpoint(Path(destination)).state_dict, to)
     for key, tensor in canonical.items():
         if key not in written or not torch.equal(written[key], tensor):
             raise ClipforgeRuntimeError(f"{destination}: tensor {key!r} differs after writing")
-    return ConversionReport(str(source), str(destination), to, diff, scale)
+    library_check = check_with_target_library(model, Path(destination), to, rtol)
+    return ConversionReport(str(source), str(destination), to, diff, scale, library_check)
+
+
+def _probe_inputs(model: ClipModel, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    size, text = model.config.image_size, model.config.text
+    pixels = torch.randn(2, 3, size, size, generator=gen)
+    tokens = torch.randint(1, text.eot_token_id - 1, (2, text.context_length), generator=gen)
+    tokens[:, 0] = text.sot_token_id
+    tokens[0, 9], tokens[1, text.context_length - 1] = text.eot_token_id, text.eot_token_id
+    tokens[0, 10:] = text.pad_token_id
+    return pixels, tokens
+
+
+def check_with_target_library(model: ClipModel, destination: Path, to: str, rtol: float = 1e-5) -> str:
+    """Load the written file with the target format's own library and compare its image and text
+    features with `model`'s. Returns what happened ("transformers: max abs difference 2e-06", or
+    why it was skipped); raises ClipforgeRuntimeError when the library reads different numbers."""
+    pixels, tokens = _probe_inputs(model)
+    try:
+        if to == "hf":
+            import transformers
+
+            reference = transformers.CLIPModel.from_pretrained(destination).eval()
+            name = f"transformers {transformers.__version__}"
+
+            def features(m: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                image, text = m.get_image_features(pixel_values=pixels), m.get_text_features(input_ids=tokens)
+                unwrap = lambda x: x if torch.is_tensor(x) else x.pooler_output  # noqa: E731 (transformers 5 returns outputs)
+                return unwrap(image), unwrap(text)
+        elif to == "open_clip" and destination.is_dir():
+            import open_clip
+
+            config = json.loads((destination / "open_clip_config.json").read_text())["model_cfg"]
+            reference = open_clip.model.CLIP(**config).eval()
+            open_clip.load_checkpoint(reference, str(destination / "open_clip_model.safetensors"))
+            name = f"open_clip {open_clip.__version__}"
+
+            def features(m: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                return m.encode_image(pixels), m.encode_text(tokens)
+        elif to == "openai":
+            import clip as openai_clip
+
+            reference, _ = openai_clip.load(str(destination), device="cpu", jit=False)
+            reference = reference.float().eval()
+            name = "OpenAI's clip"
+
+            def features(m: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                return m.encode_image(pixels), m.encode_text(tokens)
+        else:
+            return "not checked by another library (none reads this format)" if to == "clipforge" else \
+                "not checked by open_clip (it reads a single weights file only with its architecture name)"
+    except ImportError as e:
+        return f"not checked by another library ({e.name or e} is not installed)"
+    with torch.no_grad():
+        ours = (model.encode_image(pixels).float(), model.encode_text(tokens).float())
+        theirs = tuple(t.float() for t in features(reference))
+    diff = max((a - b).abs().max().item() for a, b in zip(ours, theirs))
+    scale = max(a.abs().max().item() for a in ours)
+    if diff > rtol * max(scale, 1.0):
+        raise ClipforgeRuntimeError(f"{destination}: {name} reads different numbers from the written file "
+                                    f"(max abs difference {diff:.3g}, scale {scale:.3g})")
+    return f"{name} reads the same numbers from it (max abs difference {diff:.3g})"

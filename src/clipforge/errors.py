@@ -9,7 +9,8 @@ Anything else escaping the CLI is a bug in clipforge, and its traceback is shown
 
 from __future__ import annotations
 
-__all__ = ["ClipforgeError", "InvalidInputError", "MissingFileError", "ClipforgeRuntimeError", "MissingExtraError"]
+__all__ = ["ClipforgeError", "InvalidInputError", "MissingFileError", "ClipforgeRuntimeError", "MissingExtraError",
+           "AssumptionWarning"]
 
 
 class ClipforgeError(Exception):
@@ -30,3 +31,8 @@ class ClipforgeRuntimeError(ClipforgeError, RuntimeError):
 
 class MissingExtraError(ClipforgeError, ImportError):
     """An optional dependency a feature needs is not installed; the message names the pip extra."""
+
+
+class AssumptionWarning(UserWarning):
+    """clipforge assumed something a file did not say (an activation, a preprocessing); the message
+    names the assumption and the argument that pins it. The CLI prints it as one line."""

@@ -19,7 +19,7 @@ with the activation the file declares; any disagreement is an error, never a sil
 from __future__ import annotations
 
 import dataclasses
-import json
+import warnings
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -35,12 +35,22 @@ from clipforge.checkpoint_formats import (
     infer_config,
     local_path_exists,
     read_checkpoint,
-    read_json,
     to_canonical,
     write_checkpoint,
 )
-from clipforge.configs import ClipConfig, PreprocessConfig
-from clipforge.errors import ClipforgeError, InvalidInputError, MissingFileError
+from clipforge.configs import (
+    ClipConfig,
+    ModelRecord,
+    PreprocessConfig,
+    Provenance,
+    TokenizerConfig,
+)
+from clipforge.errors import (
+    AssumptionWarning,
+    ClipforgeError,
+    InvalidInputError,
+    MissingFileError,
+)
 from clipforge.image import Preprocess
 from clipforge.models import ClipModel
 from clipforge.text import Tokenizer
@@ -73,10 +83,14 @@ def load(
 
     With no arguments: the small bundled default model (clipforge-mini), offline.
 
-    The model is in eval mode, fp32 unless `dtype` is given, on CPU unless `device` is given.
-    `arch` names an architecture (or gives a ClipConfig, for custom shapes) for files that do not say.
-    `preprocess_mode` defaults to "hf" (CLIPImageProcessor's numbers) for transformers-format
-    weights and "openai" otherwise, so each set of weights is preprocessed as its own library does.
+    All three come from one `ModelRecord` (architecture, preprocessing, tokenizer, provenance),
+    which the model keeps as `model.record`: read from the file where its format stores it, from
+    the named weights' entry in the zoo, and otherwise the documented defaults (OpenAI's
+    activation and preprocessing) with an `AssumptionWarning` naming what was assumed and the
+    argument that pins it. The model is in eval mode, fp32 unless `dtype` is given, on CPU unless
+    `device` is given. `arch` names an architecture (or gives a ClipConfig, for custom shapes) for
+    files that do not say; a file that says otherwise is an error. `preprocess_mode` overrides the
+    record's ("hf" for transformers-format weights, "openai" otherwise).
 
     A file is never trusted: anything wrong with it (see docs/security.md) raises `CheckpointError`
     naming the file and the reason. Weights holding NaN or Inf raise `NonFiniteWeightsError` unless
@@ -87,29 +101,29 @@ def load(
             raise InvalidInputError("weights/arch given without a model name: pass a named architecture or a path")
         name_or_path = bundled_model_path()
     name = str(name_or_path)
-    preprocess_cfg: Optional[PreprocessConfig] = None
     # A dangling symlink or a symlink loop is a local path too: read_checkpoint names what is wrong.
     if local_path_exists(Path(name).expanduser()):
-        model, preprocess_cfg, fmt = _load_path(Path(name).expanduser(), arch, allow_nonfinite)
+        model, record = _load_path(Path(name).expanduser(), arch, allow_nonfinite)
     elif weights is not None or _is_architecture(name):
         name = model_zoo.OPENAI_MODEL_NAMES.get(name, name)  # OpenAI's "ViT-B/32" spelling
         if arch is not None and arch != name:
             raise InvalidInputError(f"got both a named architecture {name!r} and arch={arch!r}; pass one")
-        model, preprocess_cfg, fmt = _load_named(
-            name, weights, cache_dir=cache_dir, offline=offline, allow_nonfinite=allow_nonfinite
-        )
+        model, record = _load_named(name, weights, cache_dir=cache_dir, offline=offline, allow_nonfinite=allow_nonfinite)
     elif "/" in name and not name.startswith((".", "/")):
-        model, preprocess_cfg, fmt = _load_hub_id(name, arch, offline=offline, allow_nonfinite=allow_nonfinite)
+        model, record = _load_hub_id(name, arch, offline=offline, allow_nonfinite=allow_nonfinite)
     else:
         raise MissingFileError(f"{name!r} is not a file or folder, a named architecture or a hub id (org/name); "
                                + model_zoo.suggest_names(name))
-
+    if preprocess_mode is not None:
+        record = record.replace(preprocess=dataclasses.replace(record.preprocess, mode=preprocess_mode))
     model = model.to(device=device, dtype=dtype).eval()
-    mode = preprocess_mode or ("hf" if fmt == "hf" else "openai")
-    preprocess_cfg = preprocess_cfg or PreprocessConfig(image_size=model.config.image_size)
-    preprocess = Preprocess(dataclasses.replace(preprocess_cfg, mode=mode))
-    tokenizer = Tokenizer(context_length=model.config.text.context_length)
-    return model, preprocess, tokenizer
+    model.record = record
+    return model, Preprocess(record.preprocess), tokenizer_for(record)
+
+
+def tokenizer_for(record: ModelRecord) -> Tokenizer:
+    """The tokenizer a record describes."""
+    return Tokenizer(context_length=record.tokenizer.context_length, pad_token_id=record.tokenizer.pad_token_id)
 
 
 def bundled_model_path() -> Path:
@@ -120,48 +134,17 @@ def bundled_model_path() -> Path:
     return path
 
 
-def save(
-    model: ClipModel, path: Union[str, Path], format: SaveFormat = "clipforge", *,
-    preprocess: Optional[Preprocess] = None,
-) -> Path:
-    """Write `model` as a clipforge safetensors file, an OpenAI state dict, an open_clip file or a transformers dir.
+def save(model: ClipModel, path: Union[str, Path], format: SaveFormat = "clipforge") -> Path:
+    """Write `model` with its record (`model.record`) as a clipforge safetensors file, an OpenAI state
+    dict, an open_clip file or hub directory, or a transformers directory (see
+    `checkpoint_formats.write_checkpoint` for where each format keeps the record).
 
     A transformers directory is complete: config.json and the weights, the tokenizer files and
-    preprocessor_config.json (from `preprocess`, else OpenAI's numbers at the model's image size), so
-    `CLIPModel.from_pretrained(path)` and `CLIPProcessor.from_pretrained(path)` both open it.
+    preprocessor_config.json, so `CLIPModel` and `CLIPProcessor.from_pretrained(path)` both open it.
     """
     state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    path = Path(path)
-    write_checkpoint(state_dict, model.config, path, format)
-    if format == "hf":
-        _write_hf_processor_files(path, model.config, preprocess.config if preprocess is not None else None)
-    return path
-
-
-def _write_hf_processor_files(directory: Path, config: ClipConfig, preprocess: Optional[PreprocessConfig]) -> None:
-    from clipforge.atomic_files import atomic_write_text
-    from clipforge.text.hf_files import hf_tokenizer_files
-
-    preprocess = preprocess or PreprocessConfig(image_size=config.image_size)
-    for name, text in hf_tokenizer_files(context_length=config.text.context_length).items():
-        atomic_write_text(directory / name, text)
-    size = preprocess.image_size
-    image_processor = {
-        "image_processor_type": "CLIPImageProcessor",
-        "processor_class": "CLIPProcessor",
-        "do_resize": True,
-        "size": {"shortest_edge": size},
-        "resample": 2 if preprocess.interpolation == "bilinear" else 3,  # PIL's BILINEAR / BICUBIC
-        "do_center_crop": True,
-        "crop_size": {"height": size, "width": size},
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": list(preprocess.mean),
-        "image_std": list(preprocess.std),
-        "do_convert_rgb": True,
-    }
-    atomic_write_text(directory / "preprocessor_config.json", json.dumps(image_processor, indent=2) + "\n")
+    record = model.record.replace(architecture=model.config)
+    return write_checkpoint(state_dict, record, Path(path), format)
 
 
 def build_model(config: ClipConfig, canonical_state_dict: dict[str, torch.Tensor], source: str) -> ClipModel:
@@ -194,7 +177,7 @@ RANDOM_WEIGHTS = "none"  # weights="none": a randomly initialised model, asked f
 def _load_named(
     name: str, tag: Optional[str], *, cache_dir: Optional[Union[str, Path]], offline: Optional[bool],
     allow_nonfinite: bool = False,
-) -> tuple[ClipModel, Optional[PreprocessConfig], str]:
+) -> tuple[ClipModel, ModelRecord]:
     from clipforge import hub_cache
 
     if tag is None:
@@ -206,54 +189,101 @@ def _load_named(
         )
     if tag == RANDOM_WEIGHTS:
         config = model_zoo.get_architecture(name)
-        return ClipModel(config), PreprocessConfig(image_size=config.image_size), "clipforge"
-    record = model_zoo.get_weights(name, tag)
+        record = ModelRecord.default(config)
+        return ClipModel(config), record.replace(provenance=Provenance("random", architecture_name=name))
+    weights = model_zoo.get_weights(name, tag)
     # The tag decides the activation (open_clip's convention: "ViT-B-32" + "openai" is the QuickGELU twin);
     # explicitly asking for the other activation is a mismatch, not something to override silently.
-    if name.endswith("-quickgelu") and record.activation != "quick_gelu":
+    if name.endswith("-quickgelu") and weights.activation != "quick_gelu":
         raise ConfigMismatchError(
-            f"weights {tag!r} for {_base_name(name)} were trained with {record.activation}, not QuickGELU; "
-            f"use arch {record.arch!r}"
+            f"weights {tag!r} for {_base_name(name)} were trained with {weights.activation}, not QuickGELU; "
+            f"use arch {weights.arch!r}"
         )
-    config = model_zoo.get_architecture(record.arch)
-    path = hub_cache.resolve_weights_file(record, cache_dir=cache_dir, offline=offline)
+    config = model_zoo.get_architecture(weights.arch)
+    path = hub_cache.resolve_weights_file(weights, cache_dir=cache_dir, offline=offline)
     checkpoint = read_checkpoint(path)
-    model = _model_from_checkpoint(checkpoint, config, source=f"{record.arch} ({tag}) from {path}",
+    model = _model_from_checkpoint(checkpoint, config, source=f"{weights.arch} ({tag}) from {path}",
                                    allow_nonfinite=allow_nonfinite)
-    return model, record.preprocess, checkpoint.format
+    return model, _zoo_record(weights, config, checkpoint.format, str(path))
+
+
+def _zoo_record(weights: "model_zoo.WeightsRecord", config: ClipConfig, source_format: str, source: str) -> ModelRecord:
+    return ModelRecord(
+        architecture=config,
+        preprocess=weights.preprocess,
+        tokenizer=TokenizerConfig(context_length=config.text.context_length, pad_token_id=weights.pad_token_id),
+        provenance=Provenance(source_format, source, weights.sha256, weights.tag, weights.arch),
+    )
 
 
 def _load_hub_id(
     hub_id: str, arch: Union[str, ClipConfig, None], *, offline: Optional[bool], allow_nonfinite: bool = False
-) -> tuple[ClipModel, Optional[PreprocessConfig], str]:
+) -> tuple[ClipModel, ModelRecord]:
     from clipforge import hub_cache
 
-    record = model_zoo.lookup_hf_hub_id(hub_id)
+    weights = model_zoo.lookup_hf_hub_id(hub_id)
     try:
         directory = hub_cache.resolve_hf_repo_dir(hub_id, offline=offline)
     except hub_cache.WeightsNotFoundError as e:
-        if record is not None:
+        if weights is not None:
             raise
         # Not a repo clipforge knows and not in the cache: maybe a typo of one it knows.
         raise hub_cache.WeightsNotFoundError(
             f"no such model known: {hub_id!r} is not a hub id clipforge knows and it is not in the Hugging Face "
             f"cache; {model_zoo.suggest_names(hub_id)}\n{e}"
         ) from None
-    model, preprocess_cfg, fmt = _load_path(directory, arch, allow_nonfinite)
-    if record is not None and preprocess_cfg is None:
-        preprocess_cfg = record.preprocess
-    return model, preprocess_cfg, fmt
+    if weights is None:
+        return _load_path(directory, arch, allow_nonfinite, source=hub_id)
+    checkpoint = read_checkpoint(directory)
+    config = model_zoo.get_architecture(arch) if isinstance(arch, str) else arch
+    model = _model_from_checkpoint(checkpoint, config, source=f"{hub_id} ({directory})", allow_nonfinite=allow_nonfinite)
+    record = _zoo_record(weights, model.config, checkpoint.format, hub_id)
+    # What the repo's own files say wins over the zoo's entry (they are what transformers reads).
+    if checkpoint.preprocess is not None:
+        record = record.replace(preprocess=checkpoint.preprocess)
+    if checkpoint.pad_token_id is not None:
+        record = record.replace(tokenizer=dataclasses.replace(record.tokenizer, pad_token_id=checkpoint.pad_token_id))
+    return model, record
 
 
 def _load_path(
-    path: Path, arch: Union[str, ClipConfig, None], allow_nonfinite: bool = False
-) -> tuple[ClipModel, Optional[PreprocessConfig], str]:
+    path: Path, arch: Union[str, ClipConfig, None], allow_nonfinite: bool = False, source: Optional[str] = None
+) -> tuple[ClipModel, ModelRecord]:
     checkpoint = read_checkpoint(path)
-    config = model_zoo.get_architecture(arch) if isinstance(arch, str) else arch
+    requested = model_zoo.get_architecture(arch) if isinstance(arch, str) else arch
     # Every file is read and checked before the model is built.
-    preprocess_cfg = hf_preprocess_config(path) if checkpoint.format == "hf" else None
-    model = _model_from_checkpoint(checkpoint, config, source=str(path), allow_nonfinite=allow_nonfinite)
-    return model, preprocess_cfg, checkpoint.format
+    model = _model_from_checkpoint(checkpoint, requested, source=str(path), allow_nonfinite=allow_nonfinite)
+    return model, _file_record(checkpoint, model.config, requested is not None, source or str(path))
+
+
+def _file_record(checkpoint: Checkpoint, config: ClipConfig, arch_given: bool, source: str) -> ModelRecord:
+    """The record of a file: stored whole (clipforge), in pieces (transformers, open_clip), or the
+    documented defaults, with a warning for each thing assumed rather than read."""
+    if checkpoint.record is not None:
+        return checkpoint.record.replace(architecture=config)
+    assumed = []
+    # OpenAI's own release archives (TorchScript) are OpenAI's numerics by definition.
+    activation_stated = checkpoint.torchscript or arch_given or declared_config(checkpoint) is not None
+    if not activation_stated:
+        assumed.append(f"the {'QuickGELU' if config.activation == 'quick_gelu' else 'GELU'} activation")
+    preprocess = checkpoint.preprocess
+    if preprocess is None:
+        if not checkpoint.torchscript:
+            assumed.append("OpenAI's image mean/std and bicubic resizing")
+        preprocess = PreprocessConfig(image_size=config.image_size, mode="hf" if checkpoint.format == "hf" else "openai")
+    if assumed:
+        base = _base_name(model_zoo.architecture_name(config) or "<architecture>")
+        pin = f"arch={base!r} (GELU) or arch={base + '-quickgelu'!r} (QuickGELU)"
+        warnings.warn(
+            f"{source}: the file does not say which numerics its model needs; assuming {' and '.join(assumed)}, "
+            f"as OpenAI's own weights use. Pin the architecture with {pin}; save the model with clipforge.save "
+            "to keep its numerics with its weights.",
+            AssumptionWarning, stacklevel=4,
+        )
+    tokenizer = TokenizerConfig(context_length=config.text.context_length,
+                                pad_token_id=checkpoint.pad_token_id if checkpoint.pad_token_id is not None else 0)
+    provenance = Provenance(checkpoint.format, source, architecture_name=model_zoo.architecture_name(config))
+    return ModelRecord(config, preprocess, tokenizer, provenance)
 
 
 def _model_from_checkpoint(
@@ -289,43 +319,6 @@ def _check_same_numerics(requested: ClipConfig, declared: ClipConfig, source: st
                 f"{getattr(requested, tower)}"
             )
 
-
-def hf_preprocess_config(directory: Path) -> Optional[PreprocessConfig]:
-    """Image size and mean/std from transformers' image-processor config, when the directory has one.
-
-    `CLIPImageProcessor.save_pretrained` writes preprocessor_config.json; transformers 5's
-    `CLIPProcessor.save_pretrained` nests the same fields under "image_processor" in processor_config.json.
-    """
-    if not directory.is_dir():
-        return None
-    raw: Optional[dict] = None
-    path = directory / "preprocessor_config.json"
-    if local_path_exists(path):
-        raw = read_json(path, "image-processor config")
-    elif local_path_exists(path := directory / "processor_config.json"):
-        raw = read_json(path, "processor config")
-        raw = raw.get("image_processor") if isinstance(raw, dict) else None
-    if not raw:
-        return None
-    try:
-        crop = raw.get("crop_size", 224)
-        size = crop.get("height", 224) if isinstance(crop, dict) else int(crop)
-        cfg = PreprocessConfig(
-            image_size=size,
-            mean=tuple(float(x) for x in raw.get("image_mean", PreprocessConfig.mean)),
-            std=tuple(float(x) for x in raw.get("image_std", PreprocessConfig.std)),
-            interpolation="bilinear" if raw.get("resample") == 2 else "bicubic",
-            mode="hf",
-        )
-    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
-        raise CheckpointError(f"{path}: not a usable image-processor config ({type(exc).__name__}: {exc})") from None
-    if (isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 2**14 or len(cfg.mean) != 3
-            or len(cfg.std) != 3 or not all(0 < s < 1e6 for s in cfg.std)
-            or not all(abs(m) < 1e6 for m in cfg.mean)):
-        raise CheckpointError(
-            f"{path}: image size {str(size)[:20]}, mean {str(cfg.mean)[:60]} or std {str(cfg.std)[:60]} out of range; refused"
-        )
-    return cfg
 
 
 def _base_name(name: str) -> str:

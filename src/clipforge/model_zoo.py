@@ -169,6 +169,11 @@ def get_architecture(name: str) -> ClipConfig:
         raise _unknown("architecture", name, list(ARCHITECTURES)) from None
 
 
+def architecture_name(config: ClipConfig) -> Optional[str]:
+    """The name of the named architecture equal to `config`, or None (a custom shape)."""
+    return next((name for name, known in ARCHITECTURES.items() if known == config), None)
+
+
 def list_architectures() -> list[str]:
     """All architecture names, each plain (GELU) name followed by its -quickgelu twin."""
     return list(ARCHITECTURES)

@@ -22,7 +22,7 @@ from typing import Any, Literal, Optional
 
 import torch
 
-from ..configs import ClipConfig
+from ..configs import ClipConfig, ModelRecord, PreprocessConfig
 from .errors import CheckpointError
 from .hf import hf_config_to_clip_config
 from .infer_config import check_config_limits
@@ -41,12 +41,14 @@ from .safe_pickle import TensorRef, open_torch_file
 
 Format = Literal["openai", "open_clip", "hf", "clipforge"]
 
-CLIPFORGE_CONFIG_KEY = "clipforge_config"
+CLIPFORGE_CONFIG_KEY = "clipforge_config"  # files written before records: the ClipConfig alone
+CLIPFORGE_RECORD_KEY = "clipforge_record"  # the whole ModelRecord (configs.py), as JSON
+END_OF_TEXT = "<|endoftext|>"
 
 
 @dataclass
 class Checkpoint:
-    """Tensors as named in the file, the layout they follow, and any config stored with them."""
+    """Tensors as named in the file, the layout they follow, and whatever numerics it states about itself."""
 
     state_dict: dict[str, torch.Tensor]
     format: Format
@@ -55,6 +57,10 @@ class Checkpoint:
     # The ClipConfig stored with the weights: a "clipforge" file's metadata, or an open_clip hub
     # directory's open_clip_config.json. (An HF directory's config is `hf_config`.)
     clipforge_config: Optional[ClipConfig] = None
+    record: Optional[ModelRecord] = None  # a clipforge file's whole record
+    preprocess: Optional[PreprocessConfig] = None  # preprocessor_config.json, or open_clip's preprocess_cfg
+    pad_token_id: Optional[int] = None  # from a transformers directory's tokenizer_config.json
+    torchscript: bool = False  # OpenAI's own release format: its numerics are OpenAI's
 
 
 def _safetensors_kind(path: Path) -> Literal["safetensors", "not", "damaged"]:
@@ -166,26 +172,31 @@ def _check_tensors(obj: Any, source: str) -> dict[str, TensorRef]:
     return dict(obj)
 
 
-def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
-    """State dict of a torch file, and whether it came from a training-checkpoint wrapper."""
+# What held a torch file's tensors (besides a plain state dict): _read_torch's second value.
+PLAIN, WRAPPED, TORCHSCRIPT = "plain", "wrapped", "torchscript"
+
+
+def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """State dict of a torch file, and what held it: PLAIN, WRAPPED (an open_clip training checkpoint)
+    or TORCHSCRIPT (OpenAI's own release archives)."""
     source = str(path)
     tf = open_torch_file(path)
     if tf.is_torchscript:
         refs = _check_tensors(tf.script_state_dict(), source)  # layout: by keys
-        return {k: tf.tensor(v) for k, v in refs.items()}, False
+        return {k: tf.tensor(v) for k, v in refs.items()}, TORCHSCRIPT
     obj = tf.obj
-    wrapped = False
+    holder = PLAIN
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         # open_clip training checkpoint: {"epoch", "name", "state_dict", "optimizer", ...}.
         # Only the state dict's tensors are read; the optimizer state stays on disk.
-        obj, wrapped = obj["state_dict"], True
+        obj, holder = obj["state_dict"], WRAPPED
     # Checked flat before anything is read: nested containers are never walked.
     refs = _check_tensors(obj, source)
-    return {k: tf.tensor(v) for k, v in refs.items()}, wrapped
+    return {k: tf.tensor(v) for k, v in refs.items()}, holder
 
 
-def _read_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], bool]:
-    """Tensors, safetensors metadata and whether a training-checkpoint wrapper held them.
+def _read_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
+    """Tensors, safetensors metadata and what held them (PLAIN, WRAPPED or TORCHSCRIPT).
 
     Every refusal names the file: messages raised deeper down without it get it prefixed here.
     """
@@ -197,7 +208,7 @@ def _read_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, s
         raise CheckpointError(f"{path}: {exc}") from None
 
 
-def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], bool]:
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
     if path_kind(path) != "file":
         raise CheckpointError(f"{path}: a directory where a weights file was expected")
     if path.stat().st_size == 0:
@@ -205,13 +216,13 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], 
     kind = _safetensors_kind(path)
     if kind == "safetensors" or (kind == "damaged" and path.suffix == ".safetensors"):
         tensors, metadata = _read_safetensors(path)  # a damaged header is named there
-        return tensors, metadata, False
+        return tensors, metadata, PLAIN
     if kind == "damaged":
         _safetensors_header(path)  # raises: it starts like a safetensors file but cannot be one
     if path.suffix == ".safetensors":
         raise CheckpointError(f"{path}: named .safetensors but its header is not a safetensors header")
-    tensors, wrapped = _read_torch(path)
-    return tensors, {}, wrapped
+    tensors, holder = _read_torch(path)
+    return tensors, {}, holder
 
 
 def _read_sharded(index_path: Path) -> dict[str, torch.Tensor]:
@@ -254,13 +265,14 @@ def _read_directory(path: Path) -> Checkpoint:
                     tensors = _read_sharded(weights)
                 else:
                     tensors, _, _ = _read_weights_file(weights)
-                return Checkpoint(tensors, "hf", hf_config, source)
+                return Checkpoint(tensors, "hf", hf_config, source, preprocess=hf_preprocess_config(path),
+                                  pad_token_id=hf_pad_token_id(path))
         raise CheckpointError(f"{source}: has config.json but none of {list(_HF_WEIGHTS)}")
     for name in _OPEN_CLIP_WEIGHTS:
         weights = path / name
         if optional_file(weights):
             tensors, _, _ = _read_weights_file(weights)
-            cfg = None
+            cfg, preprocess = None, None
             config_path = path / "open_clip_config.json"
             if optional_file(config_path):
                 # open_clip's hub layout: {"model_cfg": {...}, "preprocess_cfg": {...}}
@@ -268,7 +280,10 @@ def _read_directory(path: Path) -> Checkpoint:
                 model_cfg = oc_config.get("model_cfg") if isinstance(oc_config, dict) else None
                 if isinstance(model_cfg, dict):
                     cfg = _config_from(config_path, open_clip_config_to_clip_config, model_cfg)
-            return Checkpoint(tensors, "open_clip", None, source, cfg)
+                preprocess_cfg = oc_config.get("preprocess_cfg") if isinstance(oc_config, dict) else None
+                if isinstance(preprocess_cfg, dict) and cfg is not None:
+                    preprocess = _open_clip_preprocess(config_path, preprocess_cfg, cfg.image_size)
+            return Checkpoint(tensors, "open_clip", None, source, cfg, preprocess=preprocess)
     raise CheckpointError(
         f"{source}: a directory without a transformers config.json + weights or open_clip weights "
         f"(looked for {list(_HF_WEIGHTS) + list(_OPEN_CLIP_WEIGHTS)})"
@@ -284,15 +299,98 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if path_kind(path) == "dir":  # names symlink loops, broken links and FIFOs
         return _read_directory(path)
-    tensors, metadata, wrapped = _read_weights_file(path)
+    tensors, metadata, holder = _read_weights_file(path)
+    if CLIPFORGE_RECORD_KEY in metadata:
+        where = f"{path} ('{CLIPFORGE_RECORD_KEY}' metadata)"
+        record = _record_from(where, parse_json(metadata[CLIPFORGE_RECORD_KEY], where))
+        return Checkpoint(tensors, "clipforge", None, str(path), record.architecture, record=record)
     if CLIPFORGE_CONFIG_KEY in metadata:
         where = f"{path} ('{CLIPFORGE_CONFIG_KEY}' metadata)"
         cfg = _config_from(where, ClipConfig.from_dict, parse_json(metadata[CLIPFORGE_CONFIG_KEY], where))
         return Checkpoint(tensors, "clipforge", None, str(path), cfg)
     fmt = detect_format(tensors)
-    if wrapped and fmt == "openai":
+    if holder == WRAPPED and fmt == "openai":
         fmt = "open_clip"  # a training-checkpoint wrapper is open_clip's, whatever the keys
-    return Checkpoint(tensors, fmt, None, str(path))
+    return Checkpoint(tensors, fmt, None, str(path), torchscript=holder == TORCHSCRIPT)
+
+
+def _record_from(where: str, raw: Any) -> ModelRecord:
+    """A stored ModelRecord as a checked record, or a CheckpointError naming `where` and the reason."""
+    try:
+        record = ModelRecord.from_dict(raw)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"{where}: not a usable model record ({type(exc).__name__}: {exc})") from None
+    check_config_limits(record.architecture, where)
+    return record
+
+
+def hf_preprocess_config(directory: Path) -> Optional[PreprocessConfig]:
+    """Image size and mean/std from transformers' image-processor config, when the directory has one.
+
+    `CLIPImageProcessor.save_pretrained` writes preprocessor_config.json; transformers 5's
+    `CLIPProcessor.save_pretrained` nests the same fields under "image_processor" in processor_config.json.
+    """
+    if not directory.is_dir():
+        return None
+    raw: Optional[dict] = None
+    path = directory / "preprocessor_config.json"
+    if optional_file(path):
+        raw = read_json(path, "image-processor config")
+    elif optional_file(path := directory / "processor_config.json"):
+        raw = read_json(path, "processor config")
+        raw = raw.get("image_processor") if isinstance(raw, dict) else None
+    if not raw:
+        return None
+    try:
+        crop = raw.get("crop_size", 224)
+        size = crop.get("height", 224) if isinstance(crop, dict) else int(crop)
+        cfg = PreprocessConfig(
+            image_size=size,
+            mean=tuple(float(x) for x in raw.get("image_mean", PreprocessConfig.mean)),
+            std=tuple(float(x) for x in raw.get("image_std", PreprocessConfig.std)),
+            interpolation="bilinear" if raw.get("resample") == 2 else "bicubic",
+            mode="hf",
+        )
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise CheckpointError(f"{path}: not a usable image-processor config ({type(exc).__name__}: {exc})") from None
+    if (isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 2**14 or len(cfg.mean) != 3
+            or len(cfg.std) != 3 or not all(0 < s < 1e6 for s in cfg.std)
+            or not all(abs(m) < 1e6 for m in cfg.mean)):
+        raise CheckpointError(
+            f"{path}: image size {str(size)[:20]}, mean {str(cfg.mean)[:60]} or std {str(cfg.std)[:60]} out of range; refused"
+        )
+    return cfg
+
+
+def hf_pad_token_id(directory: Path) -> Optional[int]:
+    """0 or 49407: what transformers' tokenizer of this directory pads with (tokenizer_config.json)."""
+    if not optional_file(directory / "tokenizer_config.json"):
+        return None
+    raw = read_json(directory / "tokenizer_config.json", "tokenizer_config.json")
+    pad = raw.get("pad_token") if isinstance(raw, dict) else None
+    pad = pad.get("content") if isinstance(pad, dict) else pad
+    if pad is None:
+        return None
+    return 49407 if pad == END_OF_TEXT else 0  # LAION's repos pad with "!", id 0
+
+
+def _open_clip_preprocess(where: Path, raw: dict[str, Any], image_size: int) -> PreprocessConfig:
+    """open_clip's preprocess_cfg ({"mean", "std", "interpolation", "resize_mode", "size"}) -> PreprocessConfig."""
+    resize_mode = raw.get("resize_mode", "shortest")
+    if resize_mode != "shortest":
+        raise CheckpointError(f"{where}: preprocess_cfg resize_mode {resize_mode!r} is not supported (only 'shortest')")
+    try:
+        size = raw.get("size", image_size)
+        size = int(size[0] if isinstance(size, (list, tuple)) else size)
+        return PreprocessConfig(
+            image_size=size,
+            mean=tuple(float(v) for v in raw.get("mean", PreprocessConfig.mean)),
+            std=tuple(float(v) for v in raw.get("std", PreprocessConfig.std)),
+            interpolation=raw.get("interpolation", "bicubic"),
+            mode="openai",
+        )
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: unusable preprocess_cfg ({type(exc).__name__}: {exc})") from None
 
 
 def _config_from(where: str | Path, convert: Any, raw: Any) -> ClipConfig:

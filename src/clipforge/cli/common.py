@@ -108,8 +108,13 @@ def run_command(command: str, func: Any, args: argparse.Namespace) -> int:
     if it has any) and a non-zero exit, never a traceback.
     CLIPFORGE_DEBUG=1 re-raises, for the traceback. Any other exception is a bug and shows its traceback.
     """
+    import warnings
+
     from clipforge.errors import ClipforgeError
 
+    # Warnings (an assumption clipforge made about a file, say) as one line each, not Python's two.
+    warnings.formatwarning = lambda message, category, *_, **__: (
+        f"clipforge {command}: warning: {printable(' '.join(str(message).split()))}\n")
     try:
         return func(args)
     except KeyboardInterrupt:

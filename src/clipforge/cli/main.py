@@ -29,7 +29,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     report = convert(args.source, args.destination, args.to, arch=args.arch)
     print(f"wrote {report.destination} ({report.format}); max abs difference vs source: {report.max_abs_diff:.3g} "
-          f"(output scale {report.feature_scale:.3g})")
+          f"(output scale {report.feature_scale:.3g}); {report.library_check}")
     return 0
 
 
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: clipforge convert ViT-B-32.pt out_dir --to hf",
     )
     p.add_argument("source", help="checkpoint file or directory (OpenAI .pt, open_clip, transformers dir, clipforge)")
-    p.add_argument("destination", help="file (clipforge/openai/open_clip) or directory (hf) to write")
+    p.add_argument("destination", help="file (clipforge/openai/open_clip) or directory (hf; open_clip without an extension) to write")
     p.add_argument("--to", required=True, choices=["clipforge", "openai", "open_clip", "hf"])
     p.add_argument("--arch", help="named architecture, when the source file does not say (e.g. ViT-H-14)")
     p.set_defaults(func=_cmd_convert)

@@ -36,6 +36,7 @@ from clipforge.errors import InvalidInputError
 from clipforge.image import Preprocess
 from clipforge.models import ClipModel
 from clipforge.text import Tokenizer
+from clipforge.text.tokenizer import END_OF_TEXT_ID
 
 __all__ = ["CLIPModel", "CLIPProcessor", "CLIPOutput", "BatchFeature"]
 
@@ -113,7 +114,7 @@ class CLIPProcessor:
                         **kwargs: Any) -> "CLIPProcessor":
         """Reads preprocessor_config.json (or processor_config.json) and tokenizer_config.json of a
         transformers CLIP directory or hub id; the model weights are not loaded."""
-        from clipforge.loading import hf_preprocess_config
+        from clipforge.checkpoint_formats.reading import hf_preprocess_config
 
         _no_unsupported(kwargs, "CLIPProcessor.from_pretrained")
         directory = _directory(pretrained_model_name_or_path, offline=True if local_files_only else None)
@@ -127,7 +128,7 @@ class CLIPProcessor:
         context = context if context <= 4096 else 77  # transformers writes a huge number for "no limit"
         pad = tokenizer_config.get("pad_token", "<|endoftext|>")
         pad = pad.get("content") if isinstance(pad, dict) else pad
-        tokenizer = Tokenizer(context_length=context, pad="hf" if pad == "<|endoftext|>" else "openclip")
+        tokenizer = Tokenizer(context_length=context, pad_token_id=END_OF_TEXT_ID if pad == "<|endoftext|>" else 0)
         return cls(tokenizer, Preprocess(preprocess), model_max_length=context)
 
     def __call__(

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.configs import ClipConfig, ResNetConfig
+from clipforge.configs import ClipConfig, ModelRecord, ResNetConfig
 from clipforge.errors import InvalidInputError
 from clipforge.models.modified_resnet import ModifiedResNet
 from clipforge.models.vision_transformer import VisionTransformer
@@ -40,6 +40,9 @@ class ClipModel(nn.Module):
     def __init__(self, config: ClipConfig):
         super().__init__()
         self.config = config
+        # The numerics that travel with the weights (preprocessing, tokenizer, provenance): set by
+        # clipforge.load from the file; a model built here gets the documented defaults.
+        self.record = ModelRecord.default(config)
         eps = config.layer_norm_eps
         if isinstance(config.vision, ResNetConfig):
             self.visual: nn.Module = ModifiedResNet(config.vision, config.embed_dim)

@@ -49,6 +49,7 @@ import torch
 from clipforge.errors import InvalidInputError
 from clipforge.models import ClipModel
 from clipforge.text import Tokenizer
+from clipforge.text.tokenizer import END_OF_TEXT_ID
 
 Preset = Literal["sd1", "sd2", "sdxl"]
 ClipSkipConvention = Literal["a1111", "diffusers"]
@@ -65,17 +66,19 @@ class PromptEmbedding(NamedTuple):
 class ConditioningPreset:
     """How one pipeline reads one text encoder."""
 
-    pad: Literal["hf", "openclip"]  # tokenizer padding: "hf" = end token 49407, "openclip" = 0
+    pad_token_id: int  # what follows the end token: the end token 49407 (transformers' CLIPTokenizer) or 0 (open_clip)
     layer_from_end: int  # 1: output of the last block, 2: of the penultimate block
     final_layer_norm: bool  # apply the tower's final LayerNorm to that layer's states
     projected_pooled: bool  # pooled output passed through the text projection (SDXL's bigG)
 
 
+EOT = END_OF_TEXT_ID
+
 PRESETS: dict[str, ConditioningPreset] = {
-    "sd1": ConditioningPreset(pad="hf", layer_from_end=1, final_layer_norm=True, projected_pooled=False),
-    "sd2": ConditioningPreset(pad="openclip", layer_from_end=2, final_layer_norm=True, projected_pooled=False),
-    "sdxl-1": ConditioningPreset(pad="hf", layer_from_end=2, final_layer_norm=False, projected_pooled=False),
-    "sdxl-2": ConditioningPreset(pad="openclip", layer_from_end=2, final_layer_norm=False, projected_pooled=True),
+    "sd1": ConditioningPreset(pad_token_id=EOT, layer_from_end=1, final_layer_norm=True, projected_pooled=False),
+    "sd2": ConditioningPreset(pad_token_id=0, layer_from_end=2, final_layer_norm=True, projected_pooled=False),
+    "sdxl-1": ConditioningPreset(pad_token_id=EOT, layer_from_end=2, final_layer_norm=False, projected_pooled=False),
+    "sdxl-2": ConditioningPreset(pad_token_id=0, layer_from_end=2, final_layer_norm=False, projected_pooled=True),
 }
 
 
@@ -127,7 +130,7 @@ def encode_prompt(
         raise InvalidInputError(f"long_prompts must be 'truncate' or 'chunk', got {long_prompts!r}")
 
     context = model.config.text.context_length
-    tokenizer = Tokenizer(context_length=context, pad=config.pad)
+    tokenizer = Tokenizer(context_length=context, pad_token_id=config.pad_token_id)
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         raise InvalidInputError("encode_prompt needs at least one text")

@@ -60,7 +60,7 @@ class ClipGuidance:
     ) -> None:
         if isinstance(preprocess_config, Preprocess):
             preprocess_config = preprocess_config.config
-        config = preprocess_config or PreprocessConfig(image_size=model.config.image_size)
+        config = preprocess_config or model.record.preprocess  # the model's own numerics
         if config.image_size != model.config.image_size:
             raise InvalidInputError(f"preprocess_config is for {config.image_size}px, the model takes {model.config.image_size}px")
         if input_range not in ("[-1,1]", "[0,1]"):

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clipforge.configs import PreprocessConfig
 from clipforge.encoding import encode_pixels, encode_tokens
 from clipforge.errors import InvalidInputError
 from clipforge.image import Preprocess
@@ -123,7 +122,7 @@ def _pixels(model: ClipModel, images: ImageInput, preprocess: Optional[Preproces
                 f"got shape {tuple(images.shape)} (pass PIL images or uint8 pixels to have them preprocessed)"
             )
         return pixels
-    preprocess = preprocess or Preprocess(PreprocessConfig(image_size=size))
+    preprocess = preprocess or Preprocess(model.record.preprocess)  # the model's own numerics
     if preprocess.image_size != size:
         raise InvalidInputError(f"preprocess makes {preprocess.image_size}px images, the model takes {size}px")
     if isinstance(images, Image.Image):
@@ -163,5 +162,6 @@ def _tokens(model: ClipModel, texts: TextInput, definition: str, tokenizer: Opti
     texts = list(texts)
     if definition == "paper_prefix":
         texts = [PAPER_PREFIX + t for t in texts]
-    tokenizer = tokenizer or Tokenizer(context_length=model.config.text.context_length)
+    tokenizer = tokenizer or Tokenizer(context_length=model.record.tokenizer.context_length,
+                                       pad_token_id=model.record.tokenizer.pad_token_id)
     return tokenizer(texts)

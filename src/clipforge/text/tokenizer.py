@@ -19,7 +19,6 @@ from clipforge.errors import InvalidInputError
 from clipforge.text import normalize
 from clipforge.text.bpe import BoundedCache, BytePairVocab, load_vocab
 
-PadStyle = Literal["openclip", "hf"]
 SpecialTokens = Literal["text", "openai"]
 
 # Texts longer than this many characters are tokenized from a growing prefix when truncating,
@@ -31,6 +30,9 @@ _PREVIEW_CHARS = 40
 _LONG_WORD_CHARS = 512
 
 
+END_OF_TEXT_ID = 49407  # CLIP's end token, in its fixed vocabulary
+
+
 class Tokenizer:
     """Turns text into CLIP token ids: ``[start] + BPE ids + [end]``, padded to the context.
 
@@ -38,8 +40,9 @@ class Tokenizer:
         context_length: tokens per row, start and end tokens included (77 for every CLIP model).
         truncate: cut long texts to fit (the last kept slot becomes the end token, as all
             references do); with False a too-long text raises ValueError (OpenAI's default).
-        pad: "openclip" pads with 0 (OpenAI, open_clip, the second SDXL / SD 2.x text encoder);
-            "hf" pads with the end token 49407 (transformers' CLIPTokenizer as SD 1.x uses it).
+        pad_token_id: what fills the row after the end token: 0 (OpenAI, open_clip, LAION's
+            transformers repos, the second SDXL / SD 2.x text encoder) or the end token 49407 (OpenAI's
+            transformers repos, as Stable Diffusion 1.x feeds its UNet).
         special_tokens: how a literal "<|startoftext|>" / "<|endoftext|>" typed in a text is read.
             "text" (default) encodes it as ordinary characters; "openai" turns it into the special
             id as OpenAI's tokenizer does, which makes CLIP pool at that position and silently
@@ -50,16 +53,16 @@ class Tokenizer:
         self,
         context_length: int = 77,
         truncate: bool = True,
-        pad: PadStyle = "openclip",
+        pad_token_id: int = 0,
         special_tokens: SpecialTokens = "text",
     ) -> None:
-        if pad not in ("openclip", "hf"):
-            raise InvalidInputError(f"pad must be 'openclip' or 'hf', got {pad!r}")
+        if pad_token_id not in (0, END_OF_TEXT_ID):
+            raise InvalidInputError(f"pad_token_id must be 0 or the end token {END_OF_TEXT_ID}, got {pad_token_id!r}")
         if special_tokens not in ("text", "openai"):
             raise InvalidInputError(f"special_tokens must be 'text' or 'openai', got {special_tokens!r}")
         self.context_length = _check_context_length(context_length)
         self.truncate = bool(truncate)
-        self.pad = pad
+        self._pad_token_id = pad_token_id
         self.special_tokens = special_tokens
         self._vocab: BytePairVocab = load_vocab()
         self._plain_split = normalize.PLAIN_SPLIT[special_tokens]
@@ -76,7 +79,7 @@ class Tokenizer:
 
     @property
     def pad_token_id(self) -> int:
-        return 0 if self.pad == "openclip" else self.eot_token_id
+        return self._pad_token_id
 
     @property
     def vocab_size(self) -> int:
@@ -85,7 +88,7 @@ class Tokenizer:
     def __repr__(self) -> str:
         return (
             f"Tokenizer(context_length={self.context_length}, truncate={self.truncate}, "
-            f"pad={self.pad!r}, special_tokens={self.special_tokens!r})"
+            f"pad_token_id={self.pad_token_id}, special_tokens={self.special_tokens!r})"
         )
 
     def __call__(
@@ -163,10 +166,10 @@ class Tokenizer:
         while zeros > 0 and ids[zeros - 1] == 0:
             zeros -= 1
         if zeros < end and zeros > 0 and ids[zeros - 1] == eot:
-            end = zeros - 1  # end token, then "openclip" padding
+            end = zeros - 1  # end token, then padding with 0
         else:
             while end > 0 and ids[end - 1] == eot:
-                end -= 1  # end token, then "hf" padding (or none)
+                end -= 1  # end token, then padding with end tokens (or none)
         return self._vocab.decode_bytes(ids[:end]).decode("utf-8", "replace").strip()
 
     # -- internals --------------------------------------------------------------------------

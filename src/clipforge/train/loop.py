@@ -22,11 +22,12 @@ import torch
 from torch import nn
 
 from clipforge.atomic_files import atomic_write_text
-from clipforge.configs import ClipConfig, PreprocessConfig
+from clipforge.configs import ClipConfig, PreprocessConfig, Provenance
 from clipforge.errors import ClipforgeRuntimeError, InvalidInputError
 from clipforge.image import Preprocess
 from clipforge.image.augment import TrainTransform
 from clipforge.models import ClipModel
+from clipforge.loading import tokenizer_for
 from clipforge.text import Tokenizer
 from clipforge.train.checkpointing import (
     load_checkpoint,
@@ -97,7 +98,9 @@ def build_model(config: TrainConfig) -> tuple[ClipModel, PreprocessConfig, Optio
         else:
             clip_cfg = ClipConfig.from_dict(dict(architecture))
         model = ClipModel(clip_cfg)
-        preprocess_cfg = PreprocessConfig(image_size=clip_cfg.image_size)
+        model.record = model.record.replace(provenance=Provenance(
+            "clipforge-train", config.run.out_dir, architecture_name=architecture if isinstance(architecture, str) else None))
+        preprocess_cfg = model.record.preprocess
         if config.optim.loss == "siglip":
             with torch.no_grad():
                 model.logit_scale.fill_(config.optim.siglip_init_logit_scale)
@@ -174,7 +177,7 @@ class _Run:
         self.autocast = autocast_factory(config.optim.precision, device)
 
         self.preprocess = Preprocess(preprocess_cfg)
-        self.tokenizer = Tokenizer(context_length=self.model.config.text.context_length)
+        self.tokenizer = tokenizer_for(self.model.record)
         augment = config.data.augment
         transform = TrainTransform(
             self.model.config.image_size, preprocess_cfg.mean, preprocess_cfg.std, scale=augment.crop_scale,
