@@ -39,15 +39,24 @@ def test_demo_prints_labels_and_search_results(no_network, capsys):
     assert "top-1 correct" in out and "Text search" in out
     for sample in bundled.samples():
         assert sample["path"].name in out
+    # It says what the model is, with the figures measured when it was bundled, and what to run next.
+    card = bundled.model_card()
+    assert "clipforge-mini" in out and f"{card['test_split']['zero_shot_top1']:.0%}" in out and "--weights openai" in out
+    # Probabilities are the model's own (not 100% for everything): the top guesses are not all certain.
+    top = [float(line.split("top-3: ")[1].split("%")[0].rsplit(" ", 1)[1]) for line in out.splitlines() if "top-3:" in line]
+    assert len(top) == len(bundled.samples()) and min(top) < 90
+    # Every default query has its sample among the images.
+    from clipforge.cli.demo import EXPECTED
+
+    names = {sample["path"].name for sample in bundled.samples()}
+    assert set(EXPECTED.values()) <= names
 
 
 @pytest.mark.slow  # builds the data set from the Debian packages
 def test_bundled_model_beats_chance_on_the_held_out_test_split(tmp_path_factory):
-    """On OpenClipArt's test split (never trained on): zero-shot beats uniform chance, retrieval beats random.
-
-    Balanced (mean per-class) accuracy is the honest zero-shot figure here: the classes are very
-    unbalanced and this small model does not beat the majority-class rate on plain top-1 (see README).
-    """
+    """On OpenClipArt's test split (never trained on), the bars issue 15 set: top-1 >= 0.40 (clearly
+    above always answering the largest class), mean per-class >= 0.35, image->text R@1 >= 0.40; and the
+    model card the demo prints holds the same figures."""
     from image_fixtures import OPENCLIPART_CACHE
 
     from clipforge.datasets import openclipart
@@ -58,6 +67,9 @@ def test_bundled_model_beats_chance_on_the_held_out_test_split(tmp_path_factory)
     assert json.loads((data / "classes.json").read_text())["classnames"] == bundled.classes()["classnames"]
     model, preprocess, tokenizer = clipforge.load()
     metrics = evaluate(model, preprocess, tokenizer, data / "test.jsonl", data / "classes.json", progress=False)
-    assert metrics["zero_shot_mean_per_class_top1"] > 1.5 * metrics["zero_shot_chance_uniform"], metrics
-    assert metrics["zero_shot_top1"] > 1.5 * metrics["zero_shot_chance_uniform"], metrics
-    assert metrics["image_to_text_R@1"] > 20 / metrics["n_texts"], metrics  # random retrieval: 1 / n_texts
+    assert metrics["zero_shot_top1"] >= 0.40 and metrics["zero_shot_top1"] > metrics["zero_shot_chance_majority"] + 0.1, metrics
+    assert metrics["zero_shot_mean_per_class_top1"] >= 0.35, metrics
+    assert metrics["image_to_text_R@1"] >= 0.40, metrics
+    card = bundled.model_card()["test_split"]
+    for key, value in card.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-4), key

@@ -75,6 +75,7 @@ def load(
     device: Union[str, torch.device, None] = None,
     dtype: Optional[torch.dtype] = None,
     preprocess_mode: Optional[Literal["openai", "hf"]] = None,
+    preprocess: Optional[PreprocessConfig] = None,
     cache_dir: Optional[Union[str, Path]] = None,
     offline: Optional[bool] = None,
     allow_nonfinite: bool = False,
@@ -90,7 +91,8 @@ def load(
     argument that pins it. The model is in eval mode, fp32 unless `dtype` is given, on CPU unless
     `device` is given. `arch` names an architecture (or gives a ClipConfig, for custom shapes) for
     files that do not say; a file that says otherwise is an error. `preprocess_mode` overrides the
-    record's ("hf" for transformers-format weights, "openai" otherwise).
+    record's ("hf" for transformers-format weights, "openai" otherwise); `preprocess` replaces the
+    record's preprocessing altogether (for a file that does not state it).
 
     A file is never trusted: anything wrong with it (see docs/security.md) raises `CheckpointError`
     naming the file and the reason. Weights holding NaN or Inf raise `NonFiniteWeightsError` unless
@@ -103,7 +105,7 @@ def load(
     name = str(name_or_path)
     # A dangling symlink or a symlink loop is a local path too: read_checkpoint names what is wrong.
     if local_path_exists(Path(name).expanduser()):
-        model, record = _load_path(Path(name).expanduser(), arch, allow_nonfinite)
+        model, record = _load_path(Path(name).expanduser(), arch, allow_nonfinite, preprocess=preprocess)
     elif weights is not None or _is_architecture(name):
         name = model_zoo.OPENAI_MODEL_NAMES.get(name, name)  # OpenAI's "ViT-B/32" spelling
         if arch is not None and arch != name:
@@ -114,6 +116,8 @@ def load(
     else:
         raise MissingFileError(f"{name!r} is not a file or folder, a named architecture or a hub id (org/name); "
                                + model_zoo.suggest_names(name))
+    if preprocess is not None:
+        record = record.replace(preprocess=preprocess)
     if preprocess_mode is not None:
         record = record.replace(preprocess=dataclasses.replace(record.preprocess, mode=preprocess_mode))
     model = model.to(device=device, dtype=dtype).eval()
@@ -247,37 +251,41 @@ def _load_hub_id(
 
 
 def _load_path(
-    path: Path, arch: Union[str, ClipConfig, None], allow_nonfinite: bool = False, source: Optional[str] = None
+    path: Path, arch: Union[str, ClipConfig, None], allow_nonfinite: bool = False, source: Optional[str] = None,
+    preprocess: Optional[PreprocessConfig] = None,
 ) -> tuple[ClipModel, ModelRecord]:
     checkpoint = read_checkpoint(path)
     requested = model_zoo.get_architecture(arch) if isinstance(arch, str) else arch
     # Every file is read and checked before the model is built.
     model = _model_from_checkpoint(checkpoint, requested, source=str(path), allow_nonfinite=allow_nonfinite)
-    return model, _file_record(checkpoint, model.config, requested is not None, source or str(path))
+    return model, _file_record(checkpoint, model.config, requested is not None, source or str(path), preprocess)
 
 
-def _file_record(checkpoint: Checkpoint, config: ClipConfig, arch_given: bool, source: str) -> ModelRecord:
+def _file_record(
+    checkpoint: Checkpoint, config: ClipConfig, arch_given: bool, source: str,
+    preprocess_override: Optional[PreprocessConfig] = None,
+) -> ModelRecord:
     """The record of a file: stored whole (clipforge), in pieces (transformers, open_clip), or the
     documented defaults, with a warning for each thing assumed rather than read."""
     if checkpoint.record is not None:
-        return checkpoint.record.replace(architecture=config)
-    assumed = []
+        record = checkpoint.record.replace(architecture=config)
+        return record.replace(preprocess=preprocess_override) if preprocess_override else record
+    assumed, pins = [], []
     # OpenAI's own release archives (TorchScript) are OpenAI's numerics by definition.
-    activation_stated = checkpoint.torchscript or arch_given or declared_config(checkpoint) is not None
-    if not activation_stated:
+    if not (checkpoint.torchscript or arch_given or declared_config(checkpoint) is not None):
+        base = _base_name(model_zoo.architecture_name(config) or "<architecture>")
         assumed.append(f"the {'QuickGELU' if config.activation == 'quick_gelu' else 'GELU'} activation")
-    preprocess = checkpoint.preprocess
+        pins.append(f"arch={base!r} (GELU) or arch={base + '-quickgelu'!r} (QuickGELU)")
+    preprocess = preprocess_override or checkpoint.preprocess
     if preprocess is None:
         if not checkpoint.torchscript:
             assumed.append("OpenAI's image mean/std and bicubic resizing")
+            pins.append("preprocess=PreprocessConfig(mean=..., std=..., interpolation=...)")
         preprocess = PreprocessConfig(image_size=config.image_size, mode="hf" if checkpoint.format == "hf" else "openai")
     if assumed:
-        base = _base_name(model_zoo.architecture_name(config) or "<architecture>")
-        pin = f"arch={base!r} (GELU) or arch={base + '-quickgelu'!r} (QuickGELU)"
         warnings.warn(
             f"{source}: the file does not say which numerics its model needs; assuming {' and '.join(assumed)}, "
-            f"as OpenAI's own weights use. Pin the architecture with {pin}; save the model with clipforge.save "
-            "to keep its numerics with its weights.",
+            f"as OpenAI's own weights use. Pin them with {' and '.join(pins)}; clipforge.save keeps them with the weights.",
             AssumptionWarning, stacklevel=4,
         )
     tokenizer = TokenizerConfig(context_length=config.text.context_length,

@@ -23,3 +23,8 @@ def samples() -> list[dict[str, Any]]:
     folder = HERE / "samples"
     rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text(encoding="utf-8").splitlines() if line]
     return [{**row, "path": folder / row.pop("image")} for row in rows]
+
+
+def model_card() -> dict[str, Any]:
+    """What the bundled model is and how well it does, measured when it was bundled (tools/bundle_model.py)."""
+    return json.loads((HERE / "model_card.json").read_text(encoding="utf-8"))
