@@ -22,6 +22,7 @@ _LAZY = {
     "ClipConfig": "clipforge.configs",
     "ClipforgeError": "clipforge.errors",
     "encode_prompt": "clipforge.tasks.diffusion_conditioning",
+    "load_prompt_encoder": "clipforge.tasks.prompt_encoder",
     "clip_score": "clipforge.tasks.scoring",
     "encode_texts": "clipforge.encoding",
     "encode_images": "clipforge.encoding",

@@ -43,6 +43,7 @@ from clipforge.configs import (
     ModelRecord,
     PreprocessConfig,
     Provenance,
+    TextConfig,
     TokenizerConfig,
 )
 from clipforge.errors import (
@@ -52,7 +53,7 @@ from clipforge.errors import (
     MissingFileError,
 )
 from clipforge.image import Preprocess
-from clipforge.models import ClipModel
+from clipforge.models import CausalTextTransformer, ClipModel
 from clipforge.text import Tokenizer
 
 SaveFormat = Literal["clipforge", "openai", "open_clip", "hf"]
@@ -166,6 +167,29 @@ def build_model(config: ClipConfig, canonical_state_dict: dict[str, torch.Tensor
     if missing or unexpected:
         raise InvalidInputError(f"{source}: checkpoint keys do not match the model: missing {missing}, unexpected {unexpected}")
     return model
+
+
+def build_text_encoder(
+    text: TextConfig, embed_dim: Optional[int], activation: str, canonical_state_dict: dict[str, torch.Tensor],
+    source: str, dtype: Optional[torch.dtype] = None,
+) -> CausalTextTransformer:
+    """A text-only CLIP encoder (Stable Diffusion's) from canonical text tensors, strictly: every key,
+    every shape. Built on the meta device and handed the tensors (one copy in memory)."""
+    with torch.device("meta"):
+        model = CausalTextTransformer(text, embed_dim, activation, 1e-5)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in canonical_state_dict.items()}
+    if expected != got:
+        missing = sorted(set(expected) - set(got))[:10]
+        extra = sorted(set(got) - set(expected))[:10]
+        shapes = [k for k in expected if k in got and expected[k] != got[k]][:5]
+        raise CheckpointError(f"{source}: text encoder tensors do not match {text}: missing {missing}, "
+                              f"unexpected {extra}, shapes differ for {shapes}")
+    check_weights(canonical_state_dict, source)
+    target = dtype or torch.float32
+    state = {k: v.to(target).contiguous() for k, v in canonical_state_dict.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
 
 
 # ---- the three ways in -----------------------------------------------------------------------------

@@ -602,4 +602,24 @@ def open_torch_file(path: str | Path) -> TorchFile:
         raise CheckpointError(f"{source}: cannot be read ({exc})") from None
     if is_zip:
         return _open_zip(path, source)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head.startswith(b"\x80"):  # every legacy torch.save file starts with a pickle protocol opcode
+        raise CheckpointError(f"{source}: not a checkpoint ({_what_it_looks_like(head)}); clipforge reads safetensors, "
+                              "torch.save / TorchScript archives and transformers / open_clip / diffusers folders")
     return _open_legacy(path, source)
+
+
+_MAGIC = [(b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+          (b"%PDF", "a PDF document"), (b"RIFF", "a RIFF file (WebP, WAV, ...)"), (b"\x1f\x8b", "a gzip archive"),
+          (b"ustar", "a tar archive"), (b"\x7fELF", "a program"), (b"GGUF", "a GGUF model (llama.cpp)"),
+          (b"{", "JSON text"), (b"<", "XML or HTML text")]
+
+
+def _what_it_looks_like(head: bytes) -> str:
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return f"it looks like {what}"
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "it looks like plain text"
+    return "its first bytes are no known checkpoint format"

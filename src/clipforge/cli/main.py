@@ -34,7 +34,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 # Commands living in their own modules: each exposes `add_parser(subparsers)` and sets `func`.
-COMMAND_MODULES: list[str] = ["classify", "compare", "score", "embed", "search", "interrogate", "dataset", "evaluate", "demo", "train", "plan", "serve"]
+COMMAND_MODULES: list[str] = ["inspect", "classify", "compare", "score", "embed", "search", "interrogate", "dataset", "evaluate", "demo", "train", "plan", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,7 +47,7 @@ from typing import Literal, NamedTuple, Optional, Union
 import torch
 
 from clipforge.errors import InvalidInputError
-from clipforge.models import ClipModel
+from clipforge.models import CausalTextTransformer
 from clipforge.text import Tokenizer
 from clipforge.text.tokenizer import END_OF_TEXT_ID
 
@@ -57,8 +57,8 @@ LongPrompts = Literal["truncate", "chunk"]
 
 
 class PromptEmbedding(NamedTuple):
-    hidden_states: torch.Tensor  # [batch, 77 * k, width]: what the UNet cross-attends to
-    pooled: torch.Tensor  # [batch, width], or [batch, embed_dim] where the pipeline uses the projection
+    hidden_states: Optional[torch.Tensor]  # [batch, 77 * k, width]: what the UNet cross-attends to (None: Flux's CLIP)
+    pooled: Optional[torch.Tensor]  # [batch, width] or [batch, embed_dim]; None where the pipeline uses none
     tokens: torch.Tensor  # [batch, 77 * k]: the ids that were encoded
 
 
@@ -79,6 +79,11 @@ PRESETS: dict[str, ConditioningPreset] = {
     "sd2": ConditioningPreset(pad_token_id=0, layer_from_end=2, final_layer_norm=True, projected_pooled=False),
     "sdxl-1": ConditioningPreset(pad_token_id=EOT, layer_from_end=2, final_layer_norm=False, projected_pooled=False),
     "sdxl-2": ConditioningPreset(pad_token_id=0, layer_from_end=2, final_layer_norm=False, projected_pooled=True),
+    # SD 3: both CLIPs are CLIPTextModelWithProjection, read at hidden_states[-2] with the projected pool.
+    "sd3-1": ConditioningPreset(pad_token_id=EOT, layer_from_end=2, final_layer_norm=False, projected_pooled=True),
+    "sd3-2": ConditioningPreset(pad_token_id=0, layer_from_end=2, final_layer_norm=False, projected_pooled=True),
+    # Flux: CLIP-L's pooler_output only (final LayerNorm at the end token, no projection).
+    "flux": ConditioningPreset(pad_token_id=EOT, layer_from_end=1, final_layer_norm=True, projected_pooled=False),
 }
 
 
@@ -99,9 +104,9 @@ def get_preset(preset: Preset, encoder: Optional[int] = None) -> ConditioningPre
 
 
 def encode_prompt(
-    model: ClipModel,
+    model: CausalTextTransformer,
     texts: Union[str, Sequence[str]],
-    preset: Preset = "sd1",
+    preset: Union[Preset, ConditioningPreset] = "sd1",
     clip_skip: Optional[int] = None,
     clip_skip_convention: ClipSkipConvention = "a1111",
     long_prompts: LongPrompts = "truncate",
@@ -116,11 +121,13 @@ def encode_prompt(
         prompt_embeds = torch.cat([one.hidden_states, two.hidden_states], dim=-1)  # [B, 77k, 2048]
         pooled_prompt_embeds = two.pooled  # [B, 1280]
 
-    Runs under the caller's grad mode (wrap in torch.no_grad() for inference).
+    `model` is a ClipModel or a text-only encoder (`clipforge.load_prompt_encoder` builds those from
+    Stable Diffusion checkpoints and does all of this per pipeline). Runs under the caller's grad
+    mode (wrap in torch.no_grad() for inference).
     """
-    config = get_preset(preset, encoder)
+    config = preset if isinstance(preset, ConditioningPreset) else get_preset(preset, encoder)
     layer_from_end = config.layer_from_end + _skip_offset(clip_skip, clip_skip_convention)
-    n_layers = model.config.text.layers
+    n_layers = model.text_config.layers
     if layer_from_end > n_layers + 1:
         raise InvalidInputError(
             f"clip_skip={clip_skip} ({clip_skip_convention}) asks for layer {layer_from_end} from the end; "
@@ -129,7 +136,7 @@ def encode_prompt(
     if long_prompts not in ("truncate", "chunk"):
         raise InvalidInputError(f"long_prompts must be 'truncate' or 'chunk', got {long_prompts!r}")
 
-    context = model.config.text.context_length
+    context = model.text_config.context_length
     tokenizer = Tokenizer(context_length=context, pad_token_id=config.pad_token_id)
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
@@ -149,6 +156,8 @@ def encode_prompt(
         states = out.hidden_states[-layer_from_end]
         if config.final_layer_norm:
             states = model.text_final_norm(states)
+    if config.projected_pooled and out.text_embeds is None:
+        raise InvalidInputError("this preset pools through the text projection, and the encoder has none")
     pooled = out.text_embeds if config.projected_pooled else out.pooled
     return PromptEmbedding(
         hidden_states=states.reshape(batch, k * context, -1),  # windows side by side along the sequence
