@@ -213,6 +213,9 @@ def test_long_prompts_chunk_into_75_token_windows(encoders):
         # A prompt that fits is one window, identical to truncation.
         fits = encode_prompt(model, ["a diagram"], "sd1", long_prompts="chunk")
         assert torch.equal(fits.hidden_states, encode_prompt(model, ["a diagram"], "sd1").hidden_states)
+        # A pasted megabyte is refused after tokenizing only what the window limit spans.
+        with pytest.raises(ValueError, match="prompt 1 is longer than 2400 tokens"):
+            encode_prompt(model, ["a diagram", "word " * 200_000], "sd1", long_prompts="chunk")
 
 
 def test_errors_say_what_is_wrong(encoders):

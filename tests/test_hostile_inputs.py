@@ -106,9 +106,11 @@ def test_a_damaged_csv_loses_only_its_damaged_rows(tmp_path):
 
 def test_jsonl_bad_lines_are_items_with_problems(tmp_path):
     table = tmp_path / "pairs.jsonl"
-    table.write_bytes(b'{"image": "a.png", "caption": "ok"}\n{"image": \n[1, 2]\n{"image": "b\xff.png", "caption": "x"}\n')
+    table.write_bytes(b'{"image": "a.png", "caption": "ok"}\n{"image": \n[1, 2]\n{"image": "b\xff.png", "caption": "x"}\n'
+                      + b"[" * 100_000 + b"]" * 100_000 + b"\n")
     items = read_table(table)
-    assert [bool(i.problem) for i in items] == [False, True, True, True]
+    assert [bool(i.problem) for i in items] == [False, True, True, True, True]
+    assert "pairs.jsonl:5: not a row: JSON nested too deeply" in items[4].problem
     assert "pairs.jsonl:2: not valid JSON" in items[1].problem and "not valid UTF-8" in items[3].problem
 
 
@@ -205,3 +207,60 @@ def test_a_truncated_shard_is_reported_with_how_far_it_got(tmp_path, caplog):
         train(config)
     messages = " ".join(r.message for r in caplog.records)
     assert "unreadable after" in messages and "shard-000.tar" in messages
+
+
+# ---- a full disk -----------------------------------------------------------------------------------------
+
+
+def _fill_the_disk_after(monkeypatch, finished: int, matching: str) -> None:
+    """From the (finished+1)-th atomic write of a file whose name contains `matching`, writing fails as a full disk does."""
+    import builtins
+    import errno
+
+    from clipforge import atomic_files
+
+    calls = []
+
+    def full_open(path, mode="r", *args, **kwargs):
+        if "w" in mode and matching in Path(path).name:
+            calls.append(path)
+            if len(calls) > finished:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(atomic_files, "open", full_open, raising=False)
+
+
+def test_a_full_disk_during_embed_is_one_line_and_keeps_finished_shards(tiny_file, tmp_path, monkeypatch, capsys):
+    from clipforge.cli.main import main
+
+    folder = tmp_path / "photos"
+    shutil.copytree(SAMPLES, folder, ignore=shutil.ignore_patterns("*.jsonl"))
+    out = tmp_path / "e"
+    args = ["embed", str(folder), "--out", str(out), "--model", str(tiny_file), "--no-progress", "--shard-size", "2", "--batch-size", "2", "--workers", "0"]
+    _fill_the_disk_after(monkeypatch, finished=2, matching="images-")
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left on the device writing" in err[0] and "finished work is kept" in err[0], err
+    kept = sorted(p.name for p in out.glob("images-*.npy"))
+    assert kept == ["images-00000.npy", "images-00001.npy"]
+    monkeypatch.undo()  # space freed: the rerun resumes and completes
+    assert main(args) == 0
+    assert len(list(out.glob("images-*.npy"))) == (len(list(SAMPLES.glob("*.png"))) + 1) // 2
+
+
+@pytest.mark.slow  # a training run
+def test_a_full_disk_during_training_names_the_disk_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    from clipforge.cli.main import main
+    from clipforge.train.synthetic import write_shapes_dataset
+    from tiny_models import train_config_dict
+
+    data = write_shapes_dataset(tmp_path / "data", 48)
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps(train_config_dict(train=str(data), batch_size=8, max_steps=6, workers=0, progress=False,
+                                                   plot=False, out_dir=str(tmp_path / "run"), save_every_steps=2)))
+    _fill_the_disk_after(monkeypatch, finished=1, matching="step_")
+    assert main(["train", str(config)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left on the device writing" in err[0] and "step_" in err[0], err
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*.pt")] == ["step_00000002.pt"]

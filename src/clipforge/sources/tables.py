@@ -145,6 +145,9 @@ def _jsonl_items(table: _Table, text: str) -> Iterator[SourceItem]:
         except ValueError as e:
             yield table.bad(number, f"not valid JSON ({e})")
             continue
+        except RecursionError:
+            yield table.bad(number, "not a row: JSON nested too deeply")
+            continue
         if not isinstance(row, dict):
             yield table.bad(number, f"expected a JSON object, got {type(row).__name__}")
             continue

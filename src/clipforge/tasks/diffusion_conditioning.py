@@ -183,10 +183,21 @@ def _skip_offset(clip_skip: Optional[int], convention: str) -> int:
     return clip_skip
 
 
+# A1111 sets no limit; 32 windows (2,400 tokens) is far past any prompt a UNet was trained for,
+# and bounds the work a pasted megabyte costs (its tokenization stops at the limit).
+MAX_PROMPT_WINDOWS = 32
+
+
 def _chunk_windows(tokenizer: Tokenizer, texts: list[str], context: int) -> torch.Tensor:
     """A1111's 75-token windows, each [start] + ids + [end] + padding: [batch, k, context]."""
     size = context - 2
-    ids = [tokenizer.encode(text) for text in texts]
+    limit = MAX_PROMPT_WINDOWS * size
+    ids = [tokenizer.encode(text, max_tokens=limit + 1) for text in texts]
+    for index, row in enumerate(ids):
+        if len(row) > limit:
+            raise InvalidInputError(
+                f"prompt {index} is longer than {limit} tokens ({MAX_PROMPT_WINDOWS} windows of {size}); "
+                "shorten it or use long_prompts='truncate'")
     k = max(max(1, -(-len(row) // size)) for row in ids)  # ceil; an empty prompt is one window
     out = torch.full((len(texts), k, context), tokenizer.pad_token_id, dtype=torch.long)
     out[:, :, 0] = tokenizer.sot_token_id
