@@ -342,8 +342,22 @@ def test_unreachable_url_is_one_clear_error(env: dict[str, Path]) -> None:
     with pytest.raises(WeightsNotFoundError) as info:
         resolve_weights_file(url_record(url, PAYLOAD_SHA), offline=False)
     message = str(info.value)
-    assert "Downloading failed" in message and url in message and "curl -L -o" in message
-    assert isinstance(info.value.__cause__, OSError)  # kept for debugging, not needed to read the message
+    # One short probe finds the server unreachable: no retries, the reason and how to provide the file.
+    host = url.split("/")[2]
+    assert f"cannot reach {host}" in message and "nothing was downloaded" in message
+    assert url in message and "\n  - download `curl -L -o" in message
+
+
+def test_a_failing_download_is_named(env: dict[str, Path]) -> None:
+    def not_found(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.send_error(404)
+
+    with loopback_server(not_found) as base:
+        url = f"{base}/ViT-B-32.pt"
+        with pytest.raises(WeightsNotFoundError) as info:
+            resolve_weights_file(url_record(url, PAYLOAD_SHA), offline=False)
+    message = str(info.value)
+    assert "Downloading failed" in message and url in message and "404" in message
 
 
 def test_resolve_downloads_from_fake_hub(

@@ -170,7 +170,7 @@ def test_greedy_prompt_never_decreases_and_is_reproducible_by_hand(loaded, image
         assert all(cosine(v, result.prompt + ", " + p) <= result.similarity + 1e-6 for p in pool)
         assert len(tokenizer.encode(result.prompt)) <= 75
         assert {name: len(top) for name, top in result.top.items()} == {name: 3 for name in TABLES}
-    assert max(lengths) >= 3, lengths  # the checks above saw real multi-step searches
+    assert max(lengths) >= 2, lengths  # the checks above saw real multi-step searches (LengthLovingModel: long ones)
 
     capped = interrogator.interrogate(images[0], max_phrases=1)
     assert len(capped.phrases) == 1 and capped.steps == [capped.similarity]

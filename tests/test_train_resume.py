@@ -18,12 +18,13 @@ from tiny_models import train_config_dict
 
 from clipforge.train.synthetic import write_shapes_dataset
 
+pytestmark = pytest.mark.slow  # training runs (make test-fast leaves them out)
+
 # Calls train(); SLOW seconds of sleep after each step give the test time to kill it mid-run.
 RUNNER = """
 import json, os, sys, time
 from clipforge.train import TrainConfig, train
 
-pytestmark = pytest.mark.slow  # training runs (make test-fast leaves them out)
 slow = float(os.environ.get("SLOW", "0"))
 train(TrainConfig.from_dict(json.load(open(sys.argv[1]))), callbacks=[lambda record: time.sleep(slow)])
 """

@@ -456,6 +456,8 @@ def _weights_message(
         lines.append(f"  - or put the file at {cache / record.hf_hub_id.replace('/', '--') / first};")
     if record.url:
         lines.append(f"  - or download `curl -L -o {cache / str(record.url_filename)} {record.url}`;")
+    first_option = lines.index("To provide it, do one of:") + 1
+    lines[first_option] = lines[first_option].replace("  - or ", "  - ", 1)
     lines.append(
         f"  - or use the file directly: `--model /path/to/file --arch {record.arch}` on the command line, "
         f"clipforge.load(\"/path/to/file\", arch={record.arch!r}) in Python. "

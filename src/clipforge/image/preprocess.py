@@ -82,7 +82,7 @@ def to_8bit(image: Image.Image) -> Image.Image:
 
 
 # Wider than this (long side / short side) is refused; the widest real clip art (dividers) is ~30:1.
-MAX_ASPECT_RATIO = 100
+MAX_ASPECT_RATIO = 400
 
 
 class Preprocess:
