@@ -4,17 +4,25 @@ A config is plain data. `ClipConfig` describes one model (towers + joint space +
 `PreprocessConfig` describes how pixels are prepared for it. Both travel with the weights
 (see `model_zoo.py`) so that a mismatch, e.g. QuickGELU weights run with GELU, is caught
 instead of silently costing accuracy.
+
+More than one family: every CLIP family (OpenAI's CLIP, SigLIP, ...) has its own architecture
+config class here, which says which family it is (`family`, a class attribute) and follows the
+`ArchitectureConfig` protocol below. `ARCHITECTURE_CONFIGS` maps family names to those classes;
+`architecture_to_dict` / `architecture_from_dict` round-trip any of them (the record stores the
+family next to the fields). Adding a family: docs/families.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Union
+import hashlib
+from typing import Any, ClassVar, Literal, Optional, Protocol, Union, runtime_checkable
 
 from clipforge.errors import InvalidInputError
 
-Activation = Literal["quick_gelu", "gelu"]
+# "gelu_tanh" is GELU's tanh approximation (transformers' "gelu_pytorch_tanh", big_vision's nn.gelu).
+Activation = Literal["quick_gelu", "gelu", "gelu_tanh"]
 
 # OpenAI's normalization constants, shared by OpenAI and LAION weights.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -75,6 +83,11 @@ class TextConfig:
 
 @dataclass(frozen=True)
 class ClipConfig:
+    """OpenAI's CLIP: a ViT or ModifiedResNet image tower, a causal text tower pooled at the end
+    token, both projected into one space; softmax over the texts at a learned temperature."""
+
+    family: ClassVar[str] = "clip"
+
     embed_dim: int = 512
     vision: Union[VisionTransformerConfig, ResNetConfig] = field(default_factory=VisionTransformerConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -96,7 +109,17 @@ class ClipConfig:
     def replace(self, **changes: Any) -> "ClipConfig":
         return dataclasses.replace(self, **changes)
 
+    def default_preprocess(self) -> "PreprocessConfig":
+        """OpenAI's preprocessing at this image size: what a file that states nothing is assumed to need."""
+        return PreprocessConfig(image_size=self.image_size)
+
+    def default_tokenizer(self) -> "TokenizerConfig":
+        """OpenAI's BPE at this context length, padding with 0."""
+        return TokenizerConfig(context_length=self.text.context_length)
+
     def to_dict(self) -> dict[str, Any]:
+        # No "family" key here: CLIP's dict is what model fingerprints (embed, index) have always stored.
+        # `architecture_to_dict` adds it for records.
         d = dataclasses.asdict(self)
         d["vision"]["kind"] = "resnet" if isinstance(self.vision, ResNetConfig) else "vit"
         return d
@@ -104,6 +127,9 @@ class ClipConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ClipConfig":
         d = dict(d)
+        family = d.pop("family", cls.family)
+        if family != cls.family:
+            raise InvalidInputError(f"a {family!r} architecture is not a ClipConfig")
         vision = dict(d.pop("vision"))
         kind = vision.pop("kind", "resnet" if "patch_size" not in vision else "vit")
         if kind == "resnet":
@@ -125,18 +151,73 @@ class PreprocessConfig:
     # "openai": torchvision Resize(shortest side) + CenterCrop(round) + RGB after resize, as clip/open_clip.
     # "hf": transformers' CLIPImageProcessor (RGB first, floor crop offsets).
     mode: Literal["openai", "hf"] = "openai"
+    # "shortest": resize the shortest side to image_size, then center-crop a square (CLIP).
+    # "squash": resize to image_size x image_size, ignoring the aspect ratio, no crop (SigLIP:
+    # transformers' SiglipImageProcessor, open_clip's resize_mode "squash"). Either `mode` applies
+    # its own library's resize (torch tensors for "hf", PIL for "openai").
+    resize_mode: Literal["shortest", "squash"] = "shortest"
+
+
+TokenizerKind = Literal["clip_bpe", "sentencepiece"]
+TOKENIZER_KINDS: tuple[str, ...] = ("clip_bpe", "sentencepiece")
+TextClean = Literal["none", "lower", "canonicalize"]
 
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    """How text becomes the model's token ids."""
+    """How text becomes the model's token ids.
 
-    kind: Literal["clip_bpe"] = "clip_bpe"  # OpenAI's byte-level BPE with ftfy + whitespace cleaning, lower case
+    kind "clip_bpe": OpenAI's byte-level BPE (clipforge's own, bundled vocabulary), ftfy + whitespace
+    cleaning, lower case. kind "sentencepiece": a SentencePiece model (`model`, its file's bytes,
+    which travel with the weights) run by the sentencepiece library after `clean`; `bos_token_id`
+    before the text and `eos_token_id` after it (kept when a long text is truncated), then padding
+    with `pad_token_id` to `context_length` (always: SigLIP pools at the last position, so the
+    padding is part of what it reads).
+    """
+
+    kind: TokenizerKind = "clip_bpe"
     context_length: int = 77
     # What follows the end token: 0 (OpenAI, open_clip, LAION's transformers repos) or the end token
     # 49407 (OpenAI's transformers repos). Pooling reads the first end token, so CLIP's embeddings do
     # not depend on it; per-token hidden states (Stable Diffusion conditioning) do.
     pad_token_id: int = 0
+    # --- kinds that run a tokenizer model file (sentencepiece) ---
+    bos_token_id: Optional[int] = None  # put before the text (none for SigLIP and SigLIP 2)
+    eos_token_id: Optional[int] = None  # put after the text, also when it is truncated
+    # Text clean-up before tokenizing: "canonicalize" is big_vision's (lower case, ASCII punctuation
+    # removed, whitespace runs collapsed, stripped; transformers' SiglipTokenizer); "lower" only lower-cases.
+    clean: TextClean = "none"
+    model_sha256: Optional[str] = None  # sha256 of `model`: what a record names when the bytes are elsewhere
+    # The tokenizer model file itself (SentencePiece's serialized proto). Not part of `to_dict()`:
+    # each format stores the bytes in its own way (docs/families.md) and `model_sha256` ties them to the record.
+    model: Optional[bytes] = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in TOKENIZER_KINDS:
+            raise InvalidInputError(f"tokenizer kind must be one of {TOKENIZER_KINDS}, got {self.kind!r}")
+        if self.clean not in ("none", "lower", "canonicalize"):
+            raise InvalidInputError(f"tokenizer clean must be 'none', 'lower' or 'canonicalize', got {self.clean!r}")
+        if self.model is not None:
+            digest = hashlib.sha256(self.model).hexdigest()
+            if self.model_sha256 is None:
+                object.__setattr__(self, "model_sha256", digest)
+            elif self.model_sha256 != digest:
+                raise InvalidInputError(
+                    f"the tokenizer model's bytes have sha256 {digest[:12]}..., the record names {self.model_sha256[:12]}..."
+                )
+
+    def replace(self, **changes: Any) -> "TokenizerConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field but the model bytes (`model_sha256` names them)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model"}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], model: Optional[bytes] = None) -> "TokenizerConfig":
+        d = dict(d)
+        d.pop("model", None)
+        return cls(**d, model=model)
 
 
 @dataclass(frozen=True)
@@ -160,34 +241,99 @@ class ModelRecord:
     as it went in.
     """
 
-    architecture: ClipConfig
+    architecture: "ArchitectureConfig"  # ClipConfig, SiglipConfig, ...: the family is its class
     preprocess: PreprocessConfig
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     provenance: Provenance = field(default_factory=Provenance)
 
     @classmethod
-    def default(cls, architecture: ClipConfig) -> "ModelRecord":
-        """The documented default numerics for an architecture that states nothing else: OpenAI's
-        preprocessing at its image size, its context length, padding with 0."""
-        return cls(architecture, PreprocessConfig(image_size=architecture.image_size),
-                   TokenizerConfig(context_length=architecture.text.context_length))
+    def default(cls, architecture: "ArchitectureConfig") -> "ModelRecord":
+        """The documented default numerics for an architecture that states nothing else: its family's
+        (for CLIP: OpenAI's preprocessing at its image size, its context length, padding with 0)."""
+        return cls(architecture, architecture.default_preprocess(), architecture.default_tokenizer())
+
+    @property
+    def family(self) -> str:
+        return self.architecture.family
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["architecture"] = self.architecture.to_dict()
-        return d
+        """JSON-ready: the architecture with its "family", the tokenizer without its model bytes."""
+        return {
+            "architecture": architecture_to_dict(self.architecture),
+            "preprocess": dataclasses.asdict(self.preprocess),
+            "tokenizer": self.tokenizer.to_dict(),
+            "provenance": dataclasses.asdict(self.provenance),
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelRecord":
+    def from_dict(cls, d: dict[str, Any], tokenizer_model: Optional[bytes] = None) -> "ModelRecord":
+        """The record of `to_dict()`; the architecture's class is chosen by its "family" (CLIP when
+        absent: records written before families). `tokenizer_model`: the tokenizer file's bytes,
+        stored apart from the record (checked against the record's `model_sha256`)."""
         preprocess = dict(d["preprocess"])
         for key in ("mean", "std"):
             preprocess[key] = tuple(float(v) for v in preprocess[key])
         return cls(
-            architecture=ClipConfig.from_dict(d["architecture"]),
+            architecture=architecture_from_dict(d["architecture"]),
             preprocess=PreprocessConfig(**preprocess),
-            tokenizer=TokenizerConfig(**d.get("tokenizer", {})),
+            tokenizer=TokenizerConfig.from_dict(d.get("tokenizer", {}), model=tokenizer_model),
             provenance=Provenance(**d.get("provenance", {})),
         )
 
     def replace(self, **changes: Any) -> "ModelRecord":
         return dataclasses.replace(self, **changes)
+
+
+# ---- families -------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class ArchitectureConfig(Protocol):
+    """What every family's architecture config offers (ClipConfig, SiglipConfig, ...).
+
+    Frozen dataclass, plain data; `family` is a class attribute naming its entry in
+    ARCHITECTURE_CONFIGS. The rest of the library reads only these members (tasks: `embed_dim`,
+    `image_size`, `text.context_length`); everything else is the family's own business.
+    """
+
+    family: ClassVar[str]
+    embed_dim: int
+
+    @property
+    def image_size(self) -> int: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def replace(self, **changes: Any) -> Any: ...
+
+    def default_preprocess(self) -> PreprocessConfig: ...
+
+    def default_tokenizer(self) -> TokenizerConfig: ...
+
+
+# family name -> its architecture config class. A new family adds one line here (docs/families.md).
+ARCHITECTURE_CONFIGS: dict[str, type] = {
+    "clip": ClipConfig,
+}
+
+
+def architecture_config_class(family: str) -> type:
+    """The config class of a family name; an unknown family is an InvalidInputError listing the known ones."""
+    try:
+        return ARCHITECTURE_CONFIGS[family]
+    except (KeyError, TypeError):
+        raise InvalidInputError(
+            f"unknown model family {str(family)[:40]!r}; known: {', '.join(ARCHITECTURE_CONFIGS)}"
+        ) from None
+
+
+def architecture_to_dict(config: ArchitectureConfig) -> dict[str, Any]:
+    """The config's `to_dict()` with its "family" (what records store)."""
+    return {**config.to_dict(), "family": config.family}
+
+
+def architecture_from_dict(d: dict[str, Any]) -> ArchitectureConfig:
+    """Any family's config from `architecture_to_dict` output; no "family" means CLIP (older records)."""
+    if not isinstance(d, dict):
+        raise InvalidInputError(f"an architecture must be a dict, got {type(d).__name__}")
+    return architecture_config_class(d.get("family", "clip")).from_dict(d)

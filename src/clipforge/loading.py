@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import torch
 
@@ -53,8 +53,8 @@ from clipforge.errors import (
     MissingFileError,
 )
 from clipforge.image import Preprocess
-from clipforge.models import CausalTextTransformer, ClipModel
-from clipforge.text import Tokenizer
+from clipforge.models import CausalTextTransformer, Towers, model_class
+from clipforge.text import Tokenizer, tokenizer_from_config
 
 SaveFormat = Literal["clipforge", "openai", "open_clip", "hf"]
 BUNDLED_MODEL_NAME = model_zoo.BUNDLED_MODEL_NAME  # `load()` and `load("clipforge-mini")` both give the bundled model
@@ -80,8 +80,12 @@ def load(
     cache_dir: Optional[Union[str, Path]] = None,
     offline: Optional[bool] = None,
     allow_nonfinite: bool = False,
-) -> tuple[ClipModel, Preprocess, Tokenizer]:
+    tower: Towers = "both",
+) -> tuple[Any, Preprocess, Any]:
     """Load a CLIP model with its preprocessing and tokenizer. Returns `(model, preprocess, tokenizer)`.
+
+    Any family clipforge knows (OpenAI's CLIP, SigLIP, ...; docs/families.md): the model class
+    follows from the file's config, and has the same public API whatever the family.
 
     With no arguments: the small bundled default model (clipforge-mini), offline.
 
@@ -98,7 +102,13 @@ def load(
     A file is never trusted: anything wrong with it (see docs/security.md) raises `CheckpointError`
     naming the file and the reason. Weights holding NaN or Inf raise `NonFiniteWeightsError` unless
     `allow_nonfinite=True` (for inspecting a diverged training run, say).
+
+    tower: "image" or "text" loads one tower only: the other tower's tensors are never read from
+    the file (their shapes are still checked against the config) and its parameters never created,
+    so memory holds that tower alone. Such a model refuses the other tower's methods by name.
     """
+    if tower not in ("both", "image", "text"):
+        raise InvalidInputError(f"tower must be 'both', 'image' or 'text', got {tower!r}")
     if name_or_path is None or name_or_path == BUNDLED_MODEL_NAME:
         if weights is not None or arch is not None:
             raise InvalidInputError("weights/arch given without a model name: pass a named architecture or a path")
@@ -106,14 +116,15 @@ def load(
     name = str(name_or_path)
     # A dangling symlink or a symlink loop is a local path too: read_checkpoint names what is wrong.
     if local_path_exists(Path(name).expanduser()):
-        model, record = _load_path(Path(name).expanduser(), arch, allow_nonfinite, preprocess=preprocess)
+        model, record = _load_path(Path(name).expanduser(), arch, allow_nonfinite, preprocess=preprocess, tower=tower)
     elif weights is not None or _is_architecture(name):
         name = model_zoo.OPENAI_MODEL_NAMES.get(name, name)  # OpenAI's "ViT-B/32" spelling
         if arch is not None and arch != name:
             raise InvalidInputError(f"got both a named architecture {name!r} and arch={arch!r}; pass one")
-        model, record = _load_named(name, weights, cache_dir=cache_dir, offline=offline, allow_nonfinite=allow_nonfinite)
+        model, record = _load_named(name, weights, cache_dir=cache_dir, offline=offline,
+                                    allow_nonfinite=allow_nonfinite, tower=tower)
     elif "/" in name and not name.startswith((".", "/")):
-        model, record = _load_hub_id(name, arch, offline=offline, allow_nonfinite=allow_nonfinite)
+        model, record = _load_hub_id(name, arch, offline=offline, allow_nonfinite=allow_nonfinite, tower=tower)
     else:
         raise MissingFileError(f"{name!r} is not a file or folder, a named architecture or a hub id (org/name); "
                                + model_zoo.suggest_names(name))
@@ -126,9 +137,9 @@ def load(
     return model, Preprocess(record.preprocess), tokenizer_for(record)
 
 
-def tokenizer_for(record: ModelRecord) -> Tokenizer:
-    """The tokenizer a record describes."""
-    return Tokenizer(context_length=record.tokenizer.context_length, pad_token_id=record.tokenizer.pad_token_id)
+def tokenizer_for(record: ModelRecord) -> Any:
+    """The tokenizer a record describes (its kind's constructor: `clipforge.text.TOKENIZER_BUILDERS`)."""
+    return tokenizer_from_config(record.tokenizer)
 
 
 def bundled_model_path() -> Path:
@@ -139,7 +150,7 @@ def bundled_model_path() -> Path:
     return path
 
 
-def save(model: ClipModel, path: Union[str, Path], format: SaveFormat = "clipforge") -> Path:
+def save(model: Any, path: Union[str, Path], format: SaveFormat = "clipforge") -> Path:
     """Write `model` with its record (`model.record`) as a clipforge safetensors file, an OpenAI state
     dict, an open_clip file or hub directory, or a transformers directory (see
     `checkpoint_formats.write_checkpoint` for where each format keeps the record).
@@ -147,22 +158,35 @@ def save(model: ClipModel, path: Union[str, Path], format: SaveFormat = "clipfor
     A transformers directory is complete: config.json and the weights, the tokenizer files and
     preprocessor_config.json, so `CLIPModel` and `CLIPProcessor.from_pretrained(path)` both open it.
     """
+    if getattr(model, "towers", "both") != "both":
+        raise InvalidInputError(f"this model holds its {model.towers} tower only: a checkpoint needs both; "
+                                "load it with tower='both' to save it")
     state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     record = model.record.replace(architecture=model.config)
     return write_checkpoint(state_dict, record, Path(path), format)
 
 
-def build_model(config: ClipConfig, canonical_state_dict: dict[str, torch.Tensor], source: str) -> ClipModel:
-    """Instantiate `config` and load the canonical state dict strictly (every key, every shape).
+def build_model(
+    config: Any, canonical_state_dict: dict[str, torch.Tensor], source: str, towers: Towers = "both"
+) -> Any:
+    """Instantiate `config` (any family: `models.MODEL_CLASSES`) and load the canonical state dict
+    strictly (every key, every shape).
 
     The model takes over the state dict's tensors (fp32, contiguous) instead of copying them into
     freshly initialised parameters: it is built on the meta device, so loading holds one copy of
     the weights in memory, not two, and skips a random initialisation that would be overwritten.
+    With `towers` "image" or "text" the state dict is still checked whole, then only that tower's
+    tensors are kept (the other tower's may be unread "meta" tensors: they are dropped).
     """
     check_config(canonical_state_dict, config)
     with torch.device("meta"):
-        model = ClipModel(config)
-    state = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in canonical_state_dict.items()}
+        model = model_class(config)(config, towers=towers)
+    wanted = model.state_dict().keys()
+    unread = [k for k, v in canonical_state_dict.items() if v.device.type == "meta" and k in wanted]
+    if unread:
+        raise InvalidInputError(f"{source}: tensors of the {towers} tower were not read: {unread[:5]}")
+    state = {k: (v.float() if v.is_floating_point() else v).contiguous()
+             for k, v in canonical_state_dict.items() if towers == "both" or k in wanted}
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise InvalidInputError(f"{source}: checkpoint keys do not match the model: missing {missing}, unexpected {unexpected}")
@@ -204,8 +228,8 @@ RANDOM_WEIGHTS = "none"  # weights="none": a randomly initialised model, asked f
 
 def _load_named(
     name: str, tag: Optional[str], *, cache_dir: Optional[Union[str, Path]], offline: Optional[bool],
-    allow_nonfinite: bool = False,
-) -> tuple[ClipModel, ModelRecord]:
+    allow_nonfinite: bool = False, tower: Towers = "both",
+) -> tuple[Any, ModelRecord]:
     from clipforge import hub_cache
 
     if tag is None:
@@ -218,7 +242,7 @@ def _load_named(
     if tag == RANDOM_WEIGHTS:
         config = model_zoo.get_architecture(name)
         record = ModelRecord.default(config)
-        return ClipModel(config), record.replace(provenance=Provenance("random", architecture_name=name))
+        return model_class(config)(config, towers=tower), record.replace(provenance=Provenance("random", architecture_name=name))
     weights = model_zoo.get_weights(name, tag)
     # The tag decides the activation (open_clip's convention: "ViT-B-32" + "openai" is the QuickGELU twin);
     # explicitly asking for the other activation is a mismatch, not something to override silently.
@@ -229,9 +253,9 @@ def _load_named(
         )
     config = model_zoo.get_architecture(weights.arch)
     path = hub_cache.resolve_weights_file(weights, cache_dir=cache_dir, offline=offline)
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, tower=tower)
     model = _model_from_checkpoint(checkpoint, config, source=f"{weights.arch} ({tag}) from {path}",
-                                   allow_nonfinite=allow_nonfinite)
+                                   allow_nonfinite=allow_nonfinite, tower=tower)
     return model, _zoo_record(weights, config, checkpoint.format, str(path))
 
 
@@ -245,8 +269,9 @@ def _zoo_record(weights: "model_zoo.WeightsRecord", config: ClipConfig, source_f
 
 
 def _load_hub_id(
-    hub_id: str, arch: Union[str, ClipConfig, None], *, offline: Optional[bool], allow_nonfinite: bool = False
-) -> tuple[ClipModel, ModelRecord]:
+    hub_id: str, arch: Union[str, ClipConfig, None], *, offline: Optional[bool], allow_nonfinite: bool = False,
+    tower: Towers = "both",
+) -> tuple[Any, ModelRecord]:
     from clipforge import hub_cache
 
     weights = model_zoo.lookup_hf_hub_id(hub_id)
@@ -261,10 +286,11 @@ def _load_hub_id(
             f"cache; {model_zoo.suggest_names(hub_id)}\n{e}"
         ) from None
     if weights is None:
-        return _load_path(directory, arch, allow_nonfinite, source=hub_id)
-    checkpoint = read_checkpoint(directory)
+        return _load_path(directory, arch, allow_nonfinite, source=hub_id, tower=tower)
+    checkpoint = read_checkpoint(directory, tower=tower)
     config = model_zoo.get_architecture(arch) if isinstance(arch, str) else arch
-    model = _model_from_checkpoint(checkpoint, config, source=f"{hub_id} ({directory})", allow_nonfinite=allow_nonfinite)
+    model = _model_from_checkpoint(checkpoint, config, source=f"{hub_id} ({directory})", allow_nonfinite=allow_nonfinite,
+                                   tower=tower)
     record = _zoo_record(weights, model.config, checkpoint.format, hub_id)
     # What the repo's own files say wins over the zoo's entry (they are what transformers reads).
     if checkpoint.preprocess is not None:
@@ -276,70 +302,92 @@ def _load_hub_id(
 
 def _load_path(
     path: Path, arch: Union[str, ClipConfig, None], allow_nonfinite: bool = False, source: Optional[str] = None,
-    preprocess: Optional[PreprocessConfig] = None,
-) -> tuple[ClipModel, ModelRecord]:
-    checkpoint = read_checkpoint(path)
+    preprocess: Optional[PreprocessConfig] = None, tower: Towers = "both",
+) -> tuple[Any, ModelRecord]:
+    checkpoint = read_checkpoint(path, tower=tower)
     requested = model_zoo.get_architecture(arch) if isinstance(arch, str) else arch
     # Every file is read and checked before the model is built.
-    model = _model_from_checkpoint(checkpoint, requested, source=str(path), allow_nonfinite=allow_nonfinite)
+    model = _model_from_checkpoint(checkpoint, requested, source=str(path), allow_nonfinite=allow_nonfinite, tower=tower)
     return model, _file_record(checkpoint, model.config, requested is not None, source or str(path), preprocess)
 
 
 def _file_record(
-    checkpoint: Checkpoint, config: ClipConfig, arch_given: bool, source: str,
+    checkpoint: Checkpoint, config: Any, arch_given: bool, source: str,
     preprocess_override: Optional[PreprocessConfig] = None,
 ) -> ModelRecord:
     """The record of a file: stored whole (clipforge), in pieces (transformers, open_clip), or the
-    documented defaults, with a warning for each thing assumed rather than read."""
+    documented defaults of its family, with a warning for each thing assumed rather than read."""
     if checkpoint.record is not None:
         record = checkpoint.record.replace(architecture=config)
         return record.replace(preprocess=preprocess_override) if preprocess_override else record
     assumed, pins = [], []
+    is_clip = isinstance(config, ClipConfig)
+    declared = arch_given or declared_config(checkpoint) is not None
     # OpenAI's own release archives (TorchScript) are OpenAI's numerics by definition.
-    if not (checkpoint.torchscript or arch_given or declared_config(checkpoint) is not None):
+    if is_clip and not (checkpoint.torchscript or declared):
         base = _base_name(model_zoo.architecture_name(config) or "<architecture>")
         assumed.append(f"the {'QuickGELU' if config.activation == 'quick_gelu' else 'GELU'} activation")
         pins.append(f"arch={base!r} (GELU) or arch={base + '-quickgelu'!r} (QuickGELU)")
+    elif not is_clip and not declared:
+        assumed.append(f"the {config.family} defaults for what tensor shapes do not show (activations, heads)")
+        pins.append("arch=<a config of the right family>")
     preprocess = preprocess_override or checkpoint.preprocess
     if preprocess is None:
+        default = config.default_preprocess()
         if not checkpoint.torchscript:
-            assumed.append("OpenAI's image mean/std and bicubic resizing")
+            assumed.append("OpenAI's image mean/std and bicubic resizing" if is_clip
+                           else f"{config.family}'s usual preprocessing ({default.resize_mode} resize, mean {default.mean})")
             pins.append("preprocess=PreprocessConfig(mean=..., std=..., interpolation=...)")
-        preprocess = PreprocessConfig(image_size=config.image_size, mode="hf" if checkpoint.format == "hf" else "openai")
+        preprocess = dataclasses.replace(default, mode="hf" if checkpoint.format == "hf" else "openai")
     if assumed:
         warnings.warn(
-            f"{source}: the file does not say which numerics its model needs; assuming {' and '.join(assumed)}, "
-            f"as OpenAI's own weights use. Pin them with {' and '.join(pins)}; clipforge.save keeps them with the weights.",
+            f"{source}: the file does not say which numerics its model needs; assuming {' and '.join(assumed)}"
+            f"{', as OpenAI' + chr(39) + 's own weights use' if is_clip else ''}. Pin them with {' and '.join(pins)}; "
+            "clipforge.save keeps them with the weights.",
             AssumptionWarning, stacklevel=4,
         )
-    tokenizer = TokenizerConfig(context_length=config.text.context_length,
-                                pad_token_id=checkpoint.pad_token_id if checkpoint.pad_token_id is not None else 0)
+    if is_clip:
+        tokenizer = TokenizerConfig(context_length=config.text.context_length,
+                                    pad_token_id=checkpoint.pad_token_id if checkpoint.pad_token_id is not None else 0)
+    else:
+        tokenizer = checkpoint.tokenizer or config.default_tokenizer()
     provenance = Provenance(checkpoint.format, source, architecture_name=model_zoo.architecture_name(config))
     return ModelRecord(config, preprocess, tokenizer, provenance)
 
 
 def _model_from_checkpoint(
-    checkpoint: Checkpoint, requested: Optional[ClipConfig], source: str, allow_nonfinite: bool = False
-) -> ClipModel:
+    checkpoint: Checkpoint, requested: Optional[Any], source: str, allow_nonfinite: bool = False,
+    tower: Towers = "both",
+) -> Any:
     try:
-        canonical = to_canonical(checkpoint.state_dict, checkpoint.format)
+        if requested is not None and requested.family != checkpoint.family:
+            raise ConfigMismatchError(f"{source}: the file holds a {checkpoint.family} model, the requested "
+                                      f"architecture is {requested.family}")
+        canonical = to_canonical(checkpoint.state_dict, checkpoint.format, family=checkpoint.family)
         # The config a file states about itself (clipforge metadata, open_clip_config.json or a
         # transformers config.json), refused if not sane; it is checked against the tensors
         # (layer counts first, then every shape) before any model is built.
         declared = declared_config(checkpoint)
         if requested is not None and declared is not None:
             _check_same_numerics(requested, declared, source)
-        config = requested or declared or infer_config(canonical)
+        config = requested or declared or infer_config(canonical, family=checkpoint.family)
         check_config(canonical, config)
         check_weights(canonical, source, allow_nonfinite=allow_nonfinite)
     except CheckpointError as exc:
         if checkpoint.source in str(exc) or source in str(exc):
             raise
         raise type(exc)(f"{source}: {exc}") from None
-    return build_model(config, canonical, source)
+    return build_model(config, canonical, source, towers=tower)
 
 
-def _check_same_numerics(requested: ClipConfig, declared: ClipConfig, source: str) -> None:
+def _check_same_numerics(requested: Any, declared: Any, source: str) -> None:
+    if type(requested) is not type(declared):
+        raise ConfigMismatchError(f"{source}: the file declares a {declared.family} model, the requested arch is "
+                                  f"{requested.family}")
+    if not isinstance(requested, ClipConfig):
+        if requested != declared:
+            raise ConfigMismatchError(f"{source}: the file declares {declared}, which differs from the requested {requested}")
+        return
     for field in ("activation", "layer_norm_eps", "embed_dim"):
         want, got = getattr(requested, field), getattr(declared, field)
         if want != got:

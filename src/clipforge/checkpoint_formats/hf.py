@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..configs import ClipConfig, ResNetConfig, TextConfig, VisionTransformerConfig
+from ..configs import ClipConfig, PreprocessConfig, ResNetConfig, TextConfig, VisionTransformerConfig
 from .errors import CheckpointError
 from .infer_config import mlp_ratio_for
 
@@ -240,4 +240,26 @@ def clip_config_to_hf_config(cfg: ClipConfig, dtype: str = "float32") -> dict[st
             "num_hidden_layers": v.layers, "num_attention_heads": v.heads, "num_channels": 3,
             "image_size": v.image_size, "patch_size": v.patch_size, **common,
         },
+    }
+
+
+def hf_image_processor_config(preprocess: PreprocessConfig, image_processor_type: str, processor_class: str) -> dict[str, Any]:
+    """preprocessor_config.json for `preprocess`: resize the shortest side + center crop, or (resize_mode
+    "squash") resize to a square without cropping, as SiglipImageProcessor does."""
+    size = preprocess.image_size
+    squash = preprocess.resize_mode == "squash"
+    return {
+        "image_processor_type": image_processor_type,
+        "processor_class": processor_class,
+        "do_resize": True,
+        "size": {"height": size, "width": size} if squash else {"shortest_edge": size},
+        "resample": 2 if preprocess.interpolation == "bilinear" else 3,  # PIL's BILINEAR / BICUBIC
+        "do_center_crop": not squash,
+        **({} if squash else {"crop_size": {"height": size, "width": size}}),
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(preprocess.mean),
+        "image_std": list(preprocess.std),
+        "do_convert_rgb": True,
     }

@@ -29,6 +29,8 @@ MAX_JSON_DEPTH = 64
 MAX_SAFETENSORS_HEADER_BYTES = 100_000_000
 # Tensors in one file (a CLIP has at most ~2,000; sharded transformers files far fewer per shard).
 MAX_TENSORS = 200_000
+# A tokenizer model file travelling with the weights (SentencePiece: SigLIP's 0.8 MB, Gemma's 4.2 MB).
+MAX_TOKENIZER_MODEL_BYTES = 64 * 2**20
 MAX_TENSOR_DIMS = 32
 # A torch archive's pickle holds only tensor descriptions: a few hundred KB for the largest CLIP.
 MAX_PICKLE_BYTES = 256 * 2**20

@@ -14,53 +14,68 @@ loops, dangling links and FIFOs are named as such (see `limits` and docs/securit
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 
-from ..configs import ClipConfig, ModelRecord, PreprocessConfig
+from ..configs import ARCHITECTURE_CONFIGS, ClipConfig, ModelRecord, PreprocessConfig, TokenizerConfig
 from .errors import CheckpointError
-from .hf import hf_config_to_clip_config
-from .infer_config import check_config_limits
-from .layouts import detect_format
+from .families import (
+    check_config_limits,
+    detect_family,
+    family_layout,
+    hf_config_to_config,
+    hf_family,
+    open_clip_family,
+)
 from .limits import (
     MAX_SAFETENSORS_HEADER_BYTES,
     MAX_TENSOR_DIMS,
     MAX_TENSORS,
+    MAX_TOKENIZER_MODEL_BYTES,
     optional_file,
     parse_json,
     path_kind,
     read_json,
 )
-from .open_clip import open_clip_config_to_clip_config
 from .safe_pickle import TensorRef, open_torch_file
+from .towers import skip_for_tower
 
 Format = Literal["openai", "open_clip", "hf", "clipforge"]
+Skip = Optional[Callable[[str], bool]]  # keys a reader may leave unread (their tensors come back on "meta")
 
 CLIPFORGE_CONFIG_KEY = "clipforge_config"  # files written before records: the ClipConfig alone
 CLIPFORGE_RECORD_KEY = "clipforge_record"  # the whole ModelRecord (configs.py), as JSON
+CLIPFORGE_TOKENIZER_KEY = "clipforge_tokenizer_model"  # the tokenizer model file's bytes, base64 (sentencepiece kinds)
 END_OF_TEXT = "<|endoftext|>"
 
 
 @dataclass
 class Checkpoint:
-    """Tensors as named in the file, the layout they follow, and whatever numerics it states about itself."""
+    """Tensors as named in the file, the layout they follow, and whatever numerics it states about itself.
+
+    Tensors a one-tower read left unread are on the "meta" device: shape and dtype only.
+    """
 
     state_dict: dict[str, torch.Tensor]
     format: Format
     hf_config: Optional[dict[str, Any]]
     source: str
-    # The ClipConfig stored with the weights: a "clipforge" file's metadata, or an open_clip hub
+    # The config stored with the weights: a "clipforge" file's metadata, or an open_clip hub
     # directory's open_clip_config.json. (An HF directory's config is `hf_config`.)
-    clipforge_config: Optional[ClipConfig] = None
+    clipforge_config: Optional[Any] = None
     record: Optional[ModelRecord] = None  # a clipforge file's whole record
     preprocess: Optional[PreprocessConfig] = None  # preprocessor_config.json, or open_clip's preprocess_cfg
     pad_token_id: Optional[int] = None  # from a transformers directory's tokenizer_config.json
     torchscript: bool = False  # OpenAI's own release format: its numerics are OpenAI's
+    family: str = "clip"  # configs.ARCHITECTURE_CONFIGS / families.FAMILY_LAYOUTS name
+    tokenizer: Optional[TokenizerConfig] = None  # a transformers directory's tokenizer files, where its family reads them
 
 
 def _safetensors_kind(path: Path) -> Literal["safetensors", "not", "damaged"]:
@@ -82,6 +97,20 @@ _SAFETENSORS_ITEMSIZE = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
     "U64": 8, "U32": 4, "U16": 2, "C64": 8, "F8_E4M3": 1, "F8_E4M3FNUZ": 1, "F8_E5M2": 1, "F8_E5M2FNUZ": 1,
 }
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+def _meta_tensor(name: str, dtype: Any, shape: list[int], source: str) -> torch.Tensor:
+    """An unread tensor: its shape and dtype on the meta device (no memory)."""
+    torch_dtype = _SAFETENSORS_DTYPES.get(dtype) if isinstance(dtype, str) else dtype
+    if torch_dtype is None:
+        raise CheckpointError(f"{source}: tensor {name!r} has dtype {dtype!r}, which clipforge does not read")
+    return torch.empty(shape, dtype=torch_dtype, device="meta")
 
 
 def _safetensors_header(path: Path) -> dict[str, Any]:
@@ -141,14 +170,18 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
     return header
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read_safetensors(path: Path, skip: Skip = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import safe_open
 
     header = _safetensors_header(path)  # checked first: safetensors' own errors name neither file nor reason well
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {
+                k: (_meta_tensor(k, header[k]["dtype"], header[k]["shape"], str(path)) if skip is not None and skip(k)
+                    else f.get_tensor(k))
+                for k in f.keys()
+            }
     except Exception as exc:  # noqa: BLE001 - SafetensorError and friends, named
         raise CheckpointError(f"{path}: unreadable safetensors file ({type(exc).__name__}: {exc})") from exc
     if len(tensors) != len(header) - ("__metadata__" in header):
@@ -176,14 +209,19 @@ def _check_tensors(obj: Any, source: str) -> dict[str, TensorRef]:
 PLAIN, WRAPPED, TORCHSCRIPT = "plain", "wrapped", "torchscript"
 
 
-def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+def _read_torch(path: Path, skip: Skip = None) -> tuple[dict[str, torch.Tensor], str]:
     """State dict of a torch file, and what held it: PLAIN, WRAPPED (an open_clip training checkpoint)
     or TORCHSCRIPT (OpenAI's own release archives)."""
     source = str(path)
     tf = open_torch_file(path)
+
+    def read(refs: dict[str, TensorRef]) -> dict[str, torch.Tensor]:
+        return {k: (_meta_tensor(k, v.storage.dtype, list(v.size), source) if skip is not None and skip(k)
+                    else tf.tensor(v)) for k, v in refs.items()}
+
     if tf.is_torchscript:
         refs = _check_tensors(tf.script_state_dict(), source)  # layout: by keys
-        return {k: tf.tensor(v) for k, v in refs.items()}, TORCHSCRIPT
+        return read(refs), TORCHSCRIPT
     obj = tf.obj
     holder = PLAIN
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -192,40 +230,40 @@ def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], str]:
         obj, holder = obj["state_dict"], WRAPPED
     # Checked flat before anything is read: nested containers are never walked.
     refs = _check_tensors(obj, source)
-    return {k: tf.tensor(v) for k, v in refs.items()}, holder
+    return read(refs), holder
 
 
-def _read_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
+def _read_weights_file(path: Path, skip: Skip = None) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
     """Tensors, safetensors metadata and what held them (PLAIN, WRAPPED or TORCHSCRIPT).
 
     Every refusal names the file: messages raised deeper down without it get it prefixed here.
     """
     try:
-        return _read_weights(path)
+        return _read_weights(path, skip)
     except CheckpointError as exc:
         if str(path) in str(exc):
             raise
         raise CheckpointError(f"{path}: {exc}") from None
 
 
-def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
+def _read_weights(path: Path, skip: Skip = None) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
     if path_kind(path) != "file":
         raise CheckpointError(f"{path}: a directory where a weights file was expected")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: an empty file")
     kind = _safetensors_kind(path)
     if kind == "safetensors" or (kind == "damaged" and path.suffix == ".safetensors"):
-        tensors, metadata = _read_safetensors(path)  # a damaged header is named there
+        tensors, metadata = _read_safetensors(path, skip)  # a damaged header is named there
         return tensors, metadata, PLAIN
     if kind == "damaged":
         _safetensors_header(path)  # raises: it starts like a safetensors file but cannot be one
     if path.suffix == ".safetensors":
         raise CheckpointError(f"{path}: named .safetensors but its header is not a safetensors header")
-    tensors, holder = _read_torch(path)
+    tensors, holder = _read_torch(path, skip)
     return tensors, {}, holder
 
 
-def _read_sharded(index_path: Path) -> dict[str, torch.Tensor]:
+def _read_sharded(index_path: Path, skip: Skip = None) -> dict[str, torch.Tensor]:
     index = read_json(index_path, "shard index")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):
@@ -237,7 +275,12 @@ def _read_sharded(index_path: Path) -> dict[str, torch.Tensor]:
         shard_path = index_path.parent / shard
         if shard_path.parent != index_path.parent or shard in ("", ".", ".."):
             raise CheckpointError(f"{index_path}: shard {shard!r} lies outside the checkpoint directory")
-        tensors, _, _ = _read_weights_file(shard_path)
+        if skip is not None and all(skip(k) for k, v in weight_map.items() if v == shard):
+            # Nothing wanted from this shard: its header (checked) gives the shapes, no tensor is read.
+            tensors = _unread_safetensors(shard_path) if _safetensors_kind(shard_path) == "safetensors" else \
+                _read_weights_file(shard_path, skip)[0]
+        else:
+            tensors, _, _ = _read_weights_file(shard_path, skip)
         duplicated = sorted(set(tensors) & set(out))
         if duplicated:
             raise CheckpointError(f"{shard_path}: tensors also found in another shard: {duplicated[:10]}")
@@ -248,76 +291,118 @@ def _read_sharded(index_path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def _unread_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file as a meta tensor, from its checked header alone."""
+    try:
+        header = _safetensors_header(path)
+    except CheckpointError as exc:
+        raise exc if str(path) in str(exc) else CheckpointError(f"{path}: {exc}") from None
+    return {k: _meta_tensor(k, v["dtype"], v["shape"], str(path)) for k, v in header.items() if k != "__metadata__"}
+
+
 _HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
-def _read_directory(path: Path) -> Checkpoint:
+def _read_directory(path: Path, skip: Skip = None) -> Checkpoint:
     source = str(path)
     if optional_file(path / "config.json"):
         hf_config = read_json(path / "config.json", "config.json")
         if not isinstance(hf_config, dict):
             raise CheckpointError(f"{path / 'config.json'}: a transformers config must be a JSON object")
+        try:
+            family = hf_family(hf_config)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path / 'config.json'}: {exc}") from None
         for name in _HF_WEIGHTS:
             weights = path / name
             if optional_file(weights):
                 if name.endswith(".index.json"):
-                    tensors = _read_sharded(weights)
+                    tensors = _read_sharded(weights, skip)
                 else:
-                    tensors, _, _ = _read_weights_file(weights)
+                    tensors, _, _ = _read_weights_file(weights, skip)
+                read_tokenizer = family_layout(family).read_hf_tokenizer
                 return Checkpoint(tensors, "hf", hf_config, source, preprocess=hf_preprocess_config(path),
-                                  pad_token_id=hf_pad_token_id(path))
+                                  pad_token_id=hf_pad_token_id(path) if family == "clip" else None, family=family,
+                                  tokenizer=read_tokenizer(path) if read_tokenizer is not None else None)
         raise CheckpointError(f"{source}: has config.json but none of {list(_HF_WEIGHTS)}")
     for name in _OPEN_CLIP_WEIGHTS:
         weights = path / name
         if optional_file(weights):
-            tensors, _, _ = _read_weights_file(weights)
-            cfg, preprocess = None, None
+            tensors, _, _ = _read_weights_file(weights, skip)
+            cfg, preprocess, family = None, None, None
             config_path = path / "open_clip_config.json"
             if optional_file(config_path):
                 # open_clip's hub layout: {"model_cfg": {...}, "preprocess_cfg": {...}}
                 oc_config = read_json(config_path, "open_clip config")
                 model_cfg = oc_config.get("model_cfg") if isinstance(oc_config, dict) else None
                 if isinstance(model_cfg, dict):
-                    cfg = _config_from(config_path, open_clip_config_to_clip_config, model_cfg)
+                    family = open_clip_family(model_cfg)
+                    convert = family_layout(family).open_clip_config_to_config
+                    if convert is None:
+                        raise CheckpointError(f"{config_path}: clipforge reads no open_clip config of the {family} family")
+                    cfg = _config_from(config_path, convert, model_cfg)
                 preprocess_cfg = oc_config.get("preprocess_cfg") if isinstance(oc_config, dict) else None
                 if isinstance(preprocess_cfg, dict) and cfg is not None:
                     preprocess = _open_clip_preprocess(config_path, preprocess_cfg, cfg.image_size)
-            return Checkpoint(tensors, "open_clip", None, source, cfg, preprocess=preprocess)
+            if family is None:
+                family, _ = detect_family(list(tensors))
+            return Checkpoint(tensors, "open_clip", None, source, cfg, preprocess=preprocess, family=family)
     raise CheckpointError(
         f"{source}: a directory without a transformers config.json + weights or open_clip weights "
         f"(looked for {list(_HF_WEIGHTS) + list(_OPEN_CLIP_WEIGHTS)})"
     )
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
+def read_checkpoint(path: str | Path, tower: str = "both") -> Checkpoint:
     """Read a checkpoint file or directory without executing anything stored in it.
 
     Keys are returned as stored (wrapper prefixes such as `module.` included); `to_canonical`
     maps them onto the canonical layout. Raises `CheckpointError` for anything unsupported.
+
+    tower: "image" or "text" reads only that tower's tensors (and the shared logit scale / bias);
+    the other tower's come back as "meta" tensors, shape and dtype from the file's header, never
+    read into memory (`towers.key_tower` says which key is which).
     """
+    if tower not in ("both", "image", "text"):
+        raise CheckpointError(f"tower must be 'both', 'image' or 'text', got {tower!r}")
+    skip = skip_for_tower(tower)
     path = Path(path)
     if path_kind(path) == "dir":  # names symlink loops, broken links and FIFOs
-        return _read_directory(path)
-    tensors, metadata, holder = _read_weights_file(path)
+        return _read_directory(path, skip)
+    tensors, metadata, holder = _read_weights_file(path, skip)
     if CLIPFORGE_RECORD_KEY in metadata:
         where = f"{path} ('{CLIPFORGE_RECORD_KEY}' metadata)"
-        record = _record_from(where, parse_json(metadata[CLIPFORGE_RECORD_KEY], where))
-        return Checkpoint(tensors, "clipforge", None, str(path), record.architecture, record=record)
+        tokenizer_model = _tokenizer_model_from(path, metadata.get(CLIPFORGE_TOKENIZER_KEY))
+        record = _record_from(where, parse_json(metadata[CLIPFORGE_RECORD_KEY], where), tokenizer_model)
+        return Checkpoint(tensors, "clipforge", None, str(path), record.architecture, record=record,
+                          family=record.family)
     if CLIPFORGE_CONFIG_KEY in metadata:
         where = f"{path} ('{CLIPFORGE_CONFIG_KEY}' metadata)"
         cfg = _config_from(where, ClipConfig.from_dict, parse_json(metadata[CLIPFORGE_CONFIG_KEY], where))
         return Checkpoint(tensors, "clipforge", None, str(path), cfg)
-    fmt = detect_format(tensors)
+    family, fmt = detect_family(list(tensors))
     if holder == WRAPPED and fmt == "openai":
         fmt = "open_clip"  # a training-checkpoint wrapper is open_clip's, whatever the keys
-    return Checkpoint(tensors, fmt, None, str(path), torchscript=holder == TORCHSCRIPT)
+    return Checkpoint(tensors, fmt, None, str(path), torchscript=holder == TORCHSCRIPT, family=family)  # type: ignore[arg-type]
 
 
-def _record_from(where: str, raw: Any) -> ModelRecord:
+def _tokenizer_model_from(path: Path, encoded: Optional[str]) -> Optional[bytes]:
+    """The tokenizer model bytes a clipforge file keeps (base64 in its metadata), size-checked first."""
+    if encoded is None:
+        return None
+    if len(encoded) > MAX_TOKENIZER_MODEL_BYTES * 4 // 3 + 4:
+        raise CheckpointError(f"{path}: a tokenizer model of over {MAX_TOKENIZER_MODEL_BYTES:,} bytes; refused")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise CheckpointError(f"{path}: '{CLIPFORGE_TOKENIZER_KEY}' metadata is not base64 ({exc})") from None
+
+
+def _record_from(where: str, raw: Any, tokenizer_model: Optional[bytes] = None) -> ModelRecord:
     """A stored ModelRecord as a checked record, or a CheckpointError naming `where` and the reason."""
     try:
-        record = ModelRecord.from_dict(raw)
+        record = ModelRecord.from_dict(raw, tokenizer_model=tokenizer_model)
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise CheckpointError(f"{where}: not a usable model record ({type(exc).__name__}: {exc})") from None
     check_config_limits(record.architecture, where)
@@ -342,14 +427,24 @@ def hf_preprocess_config(directory: Path) -> Optional[PreprocessConfig]:
     if not raw:
         return None
     try:
-        crop = raw.get("crop_size", 224)
-        size = crop.get("height", 224) if isinstance(crop, dict) else int(crop)
+        resize = raw.get("size")
+        squash = (raw.get("do_center_crop", "crop_size" in raw) is False and isinstance(resize, dict)
+                  and "height" in resize and "width" in resize)
+        if squash:
+            # SiglipImageProcessor: resize to height x width, no crop.
+            if resize["height"] != resize["width"]:
+                raise CheckpointError(f"{path}: a non-square resize {resize} is not supported")
+            size = resize["height"]
+        else:
+            crop = raw.get("crop_size", 224)
+            size = crop.get("height", 224) if isinstance(crop, dict) else int(crop)
         cfg = PreprocessConfig(
             image_size=size,
             mean=tuple(float(x) for x in raw.get("image_mean", PreprocessConfig.mean)),
             std=tuple(float(x) for x in raw.get("image_std", PreprocessConfig.std)),
             interpolation="bilinear" if raw.get("resample") == 2 else "bicubic",
             mode="hf",
+            resize_mode="squash" if squash else "shortest",
         )
     except (TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise CheckpointError(f"{path}: not a usable image-processor config ({type(exc).__name__}: {exc})") from None
@@ -377,8 +472,9 @@ def hf_pad_token_id(directory: Path) -> Optional[int]:
 def _open_clip_preprocess(where: Path, raw: dict[str, Any], image_size: int) -> PreprocessConfig:
     """open_clip's preprocess_cfg ({"mean", "std", "interpolation", "resize_mode", "size"}) -> PreprocessConfig."""
     resize_mode = raw.get("resize_mode", "shortest")
-    if resize_mode != "shortest":
-        raise CheckpointError(f"{where}: preprocess_cfg resize_mode {resize_mode!r} is not supported (only 'shortest')")
+    if resize_mode not in ("shortest", "squash"):
+        raise CheckpointError(f"{where}: preprocess_cfg resize_mode {resize_mode!r} is not supported "
+                              "(only 'shortest' and 'squash')")
     try:
         size = raw.get("size", image_size)
         size = int(size[0] if isinstance(size, (list, tuple)) else size)
@@ -388,30 +484,31 @@ def _open_clip_preprocess(where: Path, raw: dict[str, Any], image_size: int) -> 
             std=tuple(float(v) for v in raw.get("std", PreprocessConfig.std)),
             interpolation=raw.get("interpolation", "bicubic"),
             mode="openai",
+            resize_mode=resize_mode,
         )
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{where}: unusable preprocess_cfg ({type(exc).__name__}: {exc})") from None
 
 
-def _config_from(where: str | Path, convert: Any, raw: Any) -> ClipConfig:
-    """`convert(raw)` as a sane ClipConfig, or a CheckpointError naming `where` and the reason."""
+def _config_from(where: str | Path, convert: Any, raw: Any) -> Any:
+    """`convert(raw)` as a sane architecture config, or a CheckpointError naming `where` and the reason."""
     try:
         cfg = convert(raw)
     except CheckpointError as exc:
         raise CheckpointError(f"{where}: {exc}") from None
     except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError) as exc:
         raise CheckpointError(f"{where}: not a usable CLIP config ({type(exc).__name__}: {exc})") from None
-    if not isinstance(cfg, ClipConfig):
+    if not isinstance(cfg, tuple(ARCHITECTURE_CONFIGS.values())):
         raise CheckpointError(f"{where}: not a usable CLIP config")
     check_config_limits(cfg, str(where))
     return cfg
 
 
-def declared_config(checkpoint: Checkpoint) -> Optional[ClipConfig]:
+def declared_config(checkpoint: Checkpoint) -> Optional[Any]:
     """The config a checkpoint states about itself (clipforge metadata, open_clip_config.json or a
-    transformers config.json), checked against sane limits; None when it states none."""
+    transformers config.json, of any family), checked against sane limits; None when it states none."""
     if checkpoint.clipforge_config is not None:
         return checkpoint.clipforge_config
     if checkpoint.hf_config is not None:
-        return _config_from(Path(checkpoint.source) / "config.json", hf_config_to_clip_config, checkpoint.hf_config)
+        return _config_from(Path(checkpoint.source) / "config.json", hf_config_to_config, checkpoint.hf_config)
     return None

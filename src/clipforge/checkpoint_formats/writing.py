@@ -5,19 +5,22 @@ written for an architecture other than the one named. The `hf` writer also check
 map inverts exactly before anything touches the disk.
 
 Where the record (architecture, preprocessing, tokenizer, provenance) goes:
-  clipforge  all of it, as JSON in the safetensors metadata
+  clipforge  all of it, as JSON in the safetensors metadata; a tokenizer model file (sentencepiece
+             kinds) as base64 under its own metadata key, tied to the record by its sha256
   hf         config.json (architecture), preprocessor_config.json (preprocessing), tokenizer files
              (context length, padding): what transformers reads
   open_clip  a directory: open_clip_model.safetensors + open_clip_config.json ({"model_cfg",
              "preprocess_cfg"}, open_clip's hub layout); a single weights file holds no record
   openai     a plain state dict: no room (OpenAI's numerics are assumed when it is read back)
+Families other than CLIP are written in the formats their `FamilyLayout` has writers for.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import torch
 
@@ -25,12 +28,12 @@ from ..atomic_files import atomic_write_text
 from ..configs import ClipConfig, ModelRecord, PreprocessConfig, ResNetConfig
 from ..text.hf_files import hf_tokenizer_files
 from .errors import CheckpointError
-from .hf import canonical_to_hf, clip_config_to_hf_config, hf_to_canonical
-from .infer_config import check_config
-from .layouts import FORMATS
+from .families import check_config, layout_of
+from .hf import hf_image_processor_config
+from .layouts import FORMATS, from_canonical, to_canonical
 from .open_clip import clip_config_to_open_clip_config
 from .openai import check_openai_representable
-from .reading import CLIPFORGE_CONFIG_KEY, CLIPFORGE_RECORD_KEY, END_OF_TEXT
+from .reading import CLIPFORGE_CONFIG_KEY, CLIPFORGE_RECORD_KEY, CLIPFORGE_TOKENIZER_KEY, END_OF_TEXT
 
 OPEN_CLIP_WEIGHTS_NAME = "open_clip_model.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -63,11 +66,11 @@ def _save_safetensors(state_dict: dict[str, torch.Tensor], path: Path, metadata:
 
 
 def write_checkpoint(
-    state_dict: dict[str, torch.Tensor], record: Union[ModelRecord, ClipConfig], path: str | Path, format: str
+    state_dict: dict[str, torch.Tensor], record: Union[ModelRecord, Any], path: str | Path, format: str
 ) -> Path:
     """Write canonical `state_dict` with its `record` to `path` in `format`; returns the path written.
 
-    A ClipConfig alone stands for `ModelRecord.default(config)` (OpenAI's preprocessing at its size).
+    A config alone stands for `ModelRecord.default(config)` (for CLIP, OpenAI's preprocessing at its size).
     format:
       "openai"    plain state dict via torch.save (`clip.load(path, jit=False)` / `build_model`)
       "open_clip" a directory (no weights suffix): open_clip_model.safetensors + open_clip_config.json
@@ -79,11 +82,41 @@ def write_checkpoint(
     """
     if format not in FORMATS:
         raise CheckpointError(f"unknown format {format!r}; expected one of {FORMATS}")
-    if isinstance(record, ClipConfig):
+    if not isinstance(record, ModelRecord):
         record = ModelRecord.default(record)
     cfg = record.architecture
+    layout = layout_of(cfg)
     check_config(state_dict, cfg)
     path = Path(path)
+    if format == "clipforge":
+        metadata = {"format": "pt", CLIPFORGE_RECORD_KEY: json.dumps(record.to_dict())}
+        if isinstance(cfg, ClipConfig):
+            metadata[CLIPFORGE_CONFIG_KEY] = json.dumps(cfg.to_dict())  # the config alone, for older readers
+        if record.tokenizer.model is not None:
+            metadata[CLIPFORGE_TOKENIZER_KEY] = base64.b64encode(record.tokenizer.model).decode("ascii")
+        _save_safetensors(state_dict, path, metadata)
+        return path
+    if format == "hf":
+        if isinstance(cfg, ClipConfig) and isinstance(cfg.vision, ResNetConfig):
+            raise CheckpointError(
+                "transformers has no ModifiedResNet CLIP: a ResNet model cannot be written in the 'hf' format. "
+                "Use 'clipforge', 'openai' or 'open_clip'."
+            )
+        if layout.config_to_hf_config is None or "hf" not in layout.writers:
+            raise CheckpointError(f"clipforge cannot write a {layout.family} model in the 'hf' format")
+        hf_sd = from_canonical(state_dict, "hf", family=layout.family)
+        back = to_canonical(hf_sd, "hf", validate=False, family=layout.family)
+        if back.keys() != state_dict.keys() or not all(torch.equal(back[k], state_dict[k]) for k in back):
+            raise CheckpointError("internal error: the transformers key map does not invert exactly; nothing written")
+        dtype = str(next(t.dtype for t in state_dict.values() if t.is_floating_point())).removeprefix("torch.")
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path / "config.json", json.dumps(layout.config_to_hf_config(cfg, dtype), indent=2) + "\n")
+        _save_safetensors(hf_sd, path / "model.safetensors", {"format": "pt"})
+        (layout.write_hf_files or _write_hf_processor_files)(path, record)
+        return path
+    if layout.family != "clip":
+        writable = sorted({"clipforge"} | set(layout.writers))
+        raise CheckpointError(f"clipforge writes {layout.family} models in the {writable} formats, not {format!r}")
     if format == "openai":
         check_openai_representable(cfg)
         torch.save(_own_storage(state_dict), path)
@@ -101,31 +134,12 @@ def write_checkpoint(
             path.mkdir(parents=True, exist_ok=True)
             _save_safetensors(state_dict, path / OPEN_CLIP_WEIGHTS_NAME, {"format": "pt"})
             atomic_write_text(path / "open_clip_config.json", json.dumps(config, indent=2) + "\n")
-    elif format == "hf":
-        if isinstance(cfg.vision, ResNetConfig):
-            raise CheckpointError(
-                "transformers has no ModifiedResNet CLIP: a ResNet model cannot be written in the 'hf' format. "
-                "Use 'clipforge', 'openai' or 'open_clip'."
-            )
-        hf_sd = canonical_to_hf(state_dict)
-        back = hf_to_canonical(hf_sd)
-        if back.keys() != state_dict.keys() or not all(torch.equal(back[k], state_dict[k]) for k in back):
-            raise CheckpointError("internal error: the transformers key map does not invert exactly; nothing written")
-        dtype = str(state_dict["token_embedding.weight"].dtype).removeprefix("torch.")
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path / "config.json", json.dumps(clip_config_to_hf_config(cfg, dtype=dtype), indent=2) + "\n")
-        _save_safetensors(hf_sd, path / "model.safetensors", {"format": "pt"})
-        _write_hf_processor_files(path, record)
-    else:  # clipforge
-        metadata = {"format": "pt", CLIPFORGE_RECORD_KEY: json.dumps(record.to_dict()),
-                    CLIPFORGE_CONFIG_KEY: json.dumps(cfg.to_dict())}  # the config alone, for older readers
-        _save_safetensors(state_dict, path, metadata)
     return path
 
 
 def _open_clip_preprocess(preprocess: PreprocessConfig) -> dict:
     return {"size": preprocess.image_size, "mean": list(preprocess.mean), "std": list(preprocess.std),
-            "interpolation": preprocess.interpolation, "resize_mode": "shortest"}
+            "interpolation": preprocess.interpolation, "resize_mode": preprocess.resize_mode}
 
 
 def _write_hf_processor_files(directory: Path, record: ModelRecord) -> None:
@@ -133,21 +147,5 @@ def _write_hf_processor_files(directory: Path, record: ModelRecord) -> None:
     pad = END_OF_TEXT if record.tokenizer.pad_token_id == record.architecture.text.eot_token_id else "!"
     for name, text in hf_tokenizer_files(record.tokenizer.context_length, pad_token=pad).items():
         atomic_write_text(directory / name, text)
-    preprocess = record.preprocess
-    size = preprocess.image_size
-    image_processor = {
-        "image_processor_type": "CLIPImageProcessor",
-        "processor_class": "CLIPProcessor",
-        "do_resize": True,
-        "size": {"shortest_edge": size},
-        "resample": 2 if preprocess.interpolation == "bilinear" else 3,  # PIL's BILINEAR / BICUBIC
-        "do_center_crop": True,
-        "crop_size": {"height": size, "width": size},
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": list(preprocess.mean),
-        "image_std": list(preprocess.std),
-        "do_convert_rgb": True,
-    }
+    image_processor = hf_image_processor_config(record.preprocess, "CLIPImageProcessor", "CLIPProcessor")
     atomic_write_text(directory / "preprocessor_config.json", json.dumps(image_processor, indent=2) + "\n")

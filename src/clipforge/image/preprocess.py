@@ -1,6 +1,9 @@
 """PIL image -> normalized float tensor, bit-for-bit the pipeline the weights were trained with.
 
-Two pipelines, chosen by `PreprocessConfig.mode`:
+Two pipelines, chosen by `PreprocessConfig.mode`, each with two resize modes (`resize_mode`):
+"shortest" (the shortest side to S, then a centre crop: CLIP) or "squash" (straight to S x S,
+aspect ratio ignored, no crop: SigLIP; open_clip's `resize_mode="squash"` in "openai" mode,
+transformers' `SiglipImageProcessor` in "hf" mode).
 
 * "openai" reproduces OpenAI's `clip` preprocess (and open_clip's `image_transform(n, is_train=False)`):
   torchvision `Resize(S)` on the shortest side, `CenterCrop(S)`, RGB conversion *after* the
@@ -114,6 +117,8 @@ class Preprocess:
             raise InvalidInputError(f"hf_backend must be 'torchvision' or 'pil', got {hf_backend!r}")
         if config.image_size < 1:
             raise InvalidInputError(f"image_size must be positive, got {config.image_size}")
+        if config.resize_mode not in ("shortest", "squash"):
+            raise InvalidInputError(f"resize_mode must be 'shortest' or 'squash', got {config.resize_mode!r}")
         self.config = config
         self.alpha_on_white = (config.mode == "hf") if alpha_on_white is None else bool(alpha_on_white)
         self.exif_transpose = exif_transpose
@@ -128,8 +133,9 @@ class Preprocess:
     def __repr__(self) -> str:
         c = self.config
         backend = f", hf_backend={self.hf_backend!r}" if c.mode == "hf" else ""
+        squash = ", resize_mode='squash'" if c.resize_mode == "squash" else ""
         return (
-            f"Preprocess(mode={c.mode!r}{backend}, image_size={c.image_size}, "
+            f"Preprocess(mode={c.mode!r}{backend}{squash}, image_size={c.image_size}, "
             f"interpolation={c.interpolation!r}, mean={tuple(c.mean)}, std={tuple(c.std)}, "
             f"alpha_on_white={self.alpha_on_white}, exif_transpose={self.exif_transpose})"
         )
@@ -138,7 +144,8 @@ class Preprocess:
         if not isinstance(image, Image.Image):
             raise TypeError(f"Preprocess expects a PIL.Image.Image, got {type(image).__name__}")
         # The shortest side is resized to S first: a 1 x 4000 strip would become S x 896,000 pixels
-        # (about a gigabyte) before the crop keeps an S x S sliver of it. Such images are refused.
+        # (about a gigabyte) before the crop keeps an S x S sliver of it. Such images are refused
+        # (in both resize modes, so that one image is accepted or refused whatever the model).
         long, short = max(image.size), max(1, min(image.size))
         if long / short > MAX_ASPECT_RATIO:
             raise InvalidInputError(
@@ -164,14 +171,21 @@ class Preprocess:
 
     # -- the two pipelines ------------------------------------------------------------------
 
+    def _new_size(self, image: Image.Image) -> tuple[int, int]:
+        """(width, height) after the resize step."""
+        size = self.config.image_size
+        if self.config.resize_mode == "squash":
+            return size, size
+        return resized_shortest_side(image.width, image.height, size)
+
     def _openai(self, image: Image.Image) -> torch.Tensor:
         size = self.config.image_size
-        new_size = resized_shortest_side(image.width, image.height, size)
+        new_size = self._new_size(image)
         if new_size != image.size:  # torchvision skips the resize when the size already fits
             # PIL itself swaps in NEAREST for "1" and "P" and premultiplies alpha for LA/RGBA,
             # exactly as it does under torchvision.
             image = image.resize(new_size, _PIL_FILTERS[self.config.interpolation])
-        image = _center_crop_openai(image, size)
+        image = _center_crop_openai(image, size)  # a no-op after a squash
         rgb = _convert_rgb(image)  # after the resize, as OpenAI does: alpha is simply dropped
         pixels = torch.from_numpy(np.array(rgb, dtype=np.uint8))  # [S, S, 3]
         x = pixels.permute(2, 0, 1).contiguous().to(torch.float32).div(255)  # ToTensor
@@ -181,7 +195,7 @@ class Preprocess:
         size = self.config.image_size
         image = _convert_rgb(image)  # alpha, if wanted, was composited already
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()  # [3, H, W]
-        new_w, new_h = resized_shortest_side(image.width, image.height, size)
+        new_w, new_h = self._new_size(image)
         if (new_w, new_h) != image.size:
             # torch's CPU uint8 kernel: antialiased, rounds and saturates to uint8, as the
             # torchvision backend of transformers does on CPU.
@@ -197,9 +211,7 @@ class Preprocess:
         size = self.config.image_size
         image = _convert_rgb(image)
         # The PIL backend resizes even when the size already fits (PIL then returns a copy).
-        image = image.resize(
-            resized_shortest_side(image.width, image.height, size), _PIL_FILTERS[self.config.interpolation]
-        )
+        image = image.resize(self._new_size(image), _PIL_FILTERS[self.config.interpolation])
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # [3, H, W]
         pixels = _center_crop_hf_pil(pixels, size)
         # Rescale in float64 then round to float32, then normalize in float32, as its numpy code does.

@@ -9,13 +9,15 @@ layout, and lets a text-only encoder (Stable Diffusion's) be that same class on 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from clipforge.configs import ClipConfig, ModelRecord, ResNetConfig
+from clipforge.errors import InvalidInputError
+from clipforge.models.family import ImageOutput, Towers, check_towers, image_tokens, require_tower
 from clipforge.models.modified_resnet import ModifiedResNet
 from clipforge.models.text_transformer import (
     CausalTextTransformer,
@@ -33,17 +35,27 @@ class ClipOutput(NamedTuple):
 
 class ClipModel(CausalTextTransformer):
     """An image tower and the causal text tower (inherited: its parameters sit at the top level of the
-    state dict, OpenAI's layout) projected into one space, with a learned temperature."""
+    state dict, OpenAI's layout) projected into one space, with a learned temperature.
 
-    def __init__(self, config: ClipConfig):
-        super().__init__(config.text, config.embed_dim, config.activation, config.layer_norm_eps)
+    towers: "both", or "image" / "text" for a model holding one tower only (the other's parameters
+    are never created; `clipforge.load(..., tower=...)` never reads them). `logit_scale` is kept in
+    both.
+    """
+
+    def __init__(self, config: ClipConfig, towers: Towers = "both"):
+        self.towers = check_towers(towers)
+        super().__init__(config.text, config.embed_dim, config.activation, config.layer_norm_eps,
+                         build=towers != "image")
         self.config = config
         # The numerics that travel with the weights (preprocessing, tokenizer, provenance): set by
         # clipforge.load from the file; a model built here gets the documented defaults.
         self.record = ModelRecord.default(config)
         eps = config.layer_norm_eps
-        if isinstance(config.vision, ResNetConfig):
-            self.visual: nn.Module = ModifiedResNet(config.vision, config.embed_dim)
+        self.visual: Optional[nn.Module] = None
+        if towers == "text":
+            pass
+        elif isinstance(config.vision, ResNetConfig):
+            self.visual = ModifiedResNet(config.vision, config.embed_dim)
         else:
             self.visual = VisionTransformer(config.vision, config.embed_dim, config.activation, eps)
 
@@ -52,7 +64,8 @@ class ClipModel(CausalTextTransformer):
 
     def initialize_parameters(self) -> None:
         """OpenAI's initialisation, for training from scratch (loading weights overwrites it)."""
-        self.initialize_text_parameters()
+        if self.token_embedding is not None:
+            self.initialize_text_parameters()
         if isinstance(self.visual, ModifiedResNet):
             pool = self.visual.attnpool
             std = pool.c_proj.in_features**-0.5
@@ -65,15 +78,47 @@ class ClipModel(CausalTextTransformer):
             init_transformer(self.visual.transformer)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.transformer.grad_checkpointing = enable
+        if self.transformer is not None:
+            self.transformer.grad_checkpointing = enable
         if hasattr(self.visual, "transformer"):
             self.visual.transformer.grad_checkpointing = enable
 
     # ---- image tower -------------------------------------------------------------------------
     def encode_image(self, pixels: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """[batch, 3, S, S] normalized pixels -> [batch, embed_dim] image embeddings."""
+        require_tower(self, "image")
         features = self.visual(pixels.to(self.dtype))
         return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_image_full(self, pixels: torch.Tensor, output_hidden_states: bool = False) -> ImageOutput:
+        """The image tower's tokens as well as its embedding (see `ImageOutput`): hidden states equal to
+        transformers' CLIPVisionModel's. ViT towers only: a ModifiedResNet has a feature map, not tokens."""
+        require_tower(self, "image")
+        if not isinstance(self.visual, VisionTransformer):
+            raise InvalidInputError(
+                "token features need a ViT image tower; this model's is OpenAI's ModifiedResNet (a feature map, "
+                "not tokens): use encode_image"
+            )
+        last, pooled, embeds, hidden = self.visual.forward_full(pixels.to(self.dtype), output_hidden_states)
+        return ImageOutput(last, pooled, embeds, hidden, num_prefix_tokens=1)
+
+    def image_tokens(self, pixels: torch.Tensor, layer: int = -2, drop_class_token: bool = True) -> torch.Tensor:
+        """LLaVA's image features: hidden_states[layer] (default -2), class token dropped, no ln_post
+        ([batch, grid**2, width]); see `clipforge.models.family.image_tokens`."""
+        return image_tokens(self, pixels, layer, drop_class_token)
+
+    def example_tokens(self, batch: int = 2, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """[batch, context] token ids this model reads as real text would be (start token, random word
+        ids, the end token at varying positions, padding): for tracing, export and conversion checks."""
+        text = self.config.text
+        context = text.context_length
+        tokens = torch.randint(1, min(text.sot_token_id, text.eot_token_id), (batch, context), generator=generator)
+        tokens[:, 0] = text.sot_token_id
+        for row in range(batch):
+            end = min(context - 1, 4 + 5 * row)
+            tokens[row, end] = text.eot_token_id
+            tokens[row, end + 1:] = text.pad_token_id
+        return tokens
 
     # ---- both ----------------------------------------------------------------------------------
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
@@ -86,6 +131,12 @@ class ClipModel(CausalTextTransformer):
         """[n_images, n_texts] how well each text fits each image, as this model was trained to score it:
         for CLIP's contrastive loss a softmax over the texts (each row sums to 1)."""
         return self.logits(image_features, text_features).softmax(dim=-1)
+
+    def pair_probabilities(self, image_features: torch.Tensor, text_features: torch.Tensor) -> Optional[torch.Tensor]:
+        """[n] the probability that image i matches text i, judged on that pair alone, where the model's
+        training defines one (SigLIP's sigmoid). CLIP's contrastive softmax only compares texts with
+        each other, so it defines none: None."""
+        return None
 
     def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> ClipOutput:
         image = self.encode_image(pixels, normalize=True)

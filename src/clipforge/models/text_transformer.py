@@ -14,6 +14,7 @@ from torch import nn
 
 from clipforge.configs import Activation, TextConfig
 from clipforge.errors import InvalidInputError
+from clipforge.models.family import require_tower
 from clipforge.nn import LayerNorm, Transformer
 from clipforge.nn.layers import TokenPacking
 
@@ -45,12 +46,19 @@ class CausalTextTransformer(nn.Module):
     """token_embedding, positional_embedding, transformer (causal), ln_final, text_projection.
 
     `embed_dim=None` builds the tower without a projection (transformers' CLIPTextModel, Stable
-    Diffusion 1.x's encoder): `encode_text_full(...).text_embeds` is then None.
+    Diffusion 1.x's encoder): `encode_text_full(...).text_embeds` is then None. `build=False` leaves
+    the tower out (its attributes are None): an image-only ClipModel (`towers="image"`).
     """
 
-    def __init__(self, text: TextConfig, embed_dim: Optional[int], activation: Activation, eps: float) -> None:
+    def __init__(
+        self, text: TextConfig, embed_dim: Optional[int], activation: Activation, eps: float, build: bool = True
+    ) -> None:
         super().__init__()
         self.text_config = text
+        if not build:
+            self.token_embedding = self.positional_embedding = self.transformer = None  # type: ignore[assignment]
+            self.ln_final = self.text_projection = None  # type: ignore[assignment]
+            return
         self.token_embedding = nn.Embedding(text.vocab_size, text.width)
         self.positional_embedding = nn.Parameter(torch.empty(text.context_length, text.width))
         self.transformer = Transformer(text.width, text.layers, text.heads, text.mlp_width, activation, eps)
@@ -66,7 +74,8 @@ class CausalTextTransformer(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.token_embedding.weight.dtype
+        """The dtype of the model's floating parameters."""
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
 
     # ---- text tower --------------------------------------------------------------------------
     def eot_positions(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -75,6 +84,8 @@ class CausalTextTransformer(nn.Module):
         return torch.where(is_eot.any(dim=-1), is_eot.int().argmax(dim=-1), tokens.argmax(dim=-1))
 
     def _check_tokens(self, tokens: torch.Tensor) -> None:
+        if self.token_embedding is None:
+            require_tower(self, "text")
         if tokens.dim() != 2:
             raise InvalidInputError(f"tokens must be [batch, length], got shape {tuple(tokens.shape)}")
         if tokens.shape[1] > self.positional_embedding.shape[0]:

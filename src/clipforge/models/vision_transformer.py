@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -34,3 +36,17 @@ class VisionTransformer(nn.Module):
         x = self.transformer(x)
         x = self.ln_post(x[:, 0])  # the class token is the image summary: [batch, width]
         return x @ self.proj  # [batch, output_dim]
+
+    def forward_full(
+        self, pixels: torch.Tensor, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[list[torch.Tensor]]]:
+        """(last block's tokens [batch, grid**2 + 1, width] without ln_post, pooled [batch, width],
+        embeddings [batch, output_dim], hidden states [after ln_pre, block 1, ..., block L] or None)."""
+        x = self.ln_pre(self.embed_patches(pixels))
+        hidden = None
+        if output_hidden_states:
+            x, hidden = self.transformer(x, output_hidden_states=True)
+        else:
+            x = self.transformer(x)
+        pooled = self.ln_post(x[:, 0])
+        return x, pooled, pooled @ self.proj, hidden

@@ -40,7 +40,9 @@ def make_activation(name: Activation) -> nn.Module:
         return QuickGELU()
     if name == "gelu":
         return nn.GELU()
-    raise InvalidInputError(f"unknown activation {name!r}; expected 'quick_gelu' or 'gelu'")
+    if name == "gelu_tanh":
+        return nn.GELU(approximate="tanh")  # transformers' "gelu_pytorch_tanh" (SigLIP)
+    raise InvalidInputError(f"unknown activation {name!r}; expected 'quick_gelu', 'gelu' or 'gelu_tanh'")
 
 
 @dataclass(frozen=True)
