@@ -231,3 +231,48 @@ def test_tokenizer_needs_its_model_file(tmp_path, hf_dir):
 
 def test_spm_model_is_deterministic():
     assert spm_model("t5") == spm_model("t5")
+
+
+def test_cli_classify_score_index_search_on_a_siglip_directory(tmp_path, hf_dir, loaded, capsys):
+    """The CLI is family-blind: classify prints the sigmoid probabilities transformers gives."""
+    import json
+    import shutil
+
+    from image_fixtures import corpus_sample
+    from PIL import Image
+    from transformers import SiglipImageProcessor
+
+    from clipforge.cli.main import main
+
+    hf, hf_tok, path = hf_dir
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, p in enumerate(corpus_sample(3)):
+        shutil.copy(p, folder / f"im{i}{p.suffix}")
+    image = sorted(folder.iterdir())[0]
+    labels = ["cat", "dog", "rose"]
+    assert main(["classify", str(image), "--model", str(path), "--labels", ",".join(labels), "--templates", "none",
+                 "--json", "--top-k", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    row = out[0] if isinstance(out, list) else out["results"][0]
+    predictions = row.get("predictions") or row.get("labels") or row.get("top")
+    got = {p["label"]: p["prob"] if "prob" in p else p["probability"] for p in predictions}
+    pixels = SiglipImageProcessor.from_pretrained(path)(images=[Image.open(image).convert("RGB")],
+                                                        return_tensors="pt").pixel_values
+    with torch.no_grad():
+        ids = hf_tok(labels, padding="max_length", max_length=64, return_tensors="pt").input_ids
+        ref = torch.sigmoid(hf(input_ids=ids, pixel_values=pixels).logits_per_image)[0]
+    for label, prob in zip(labels, ref.tolist()):
+        assert abs(got[label] - prob) <= 1e-4, (label, got[label], prob)
+
+    assert main(["score", str(image), "--model", str(path), "--texts", "cat", "--definition", "probability",
+                 "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)["scores"][0]["score"]
+    assert abs(scored - ref[0].item()) <= 1e-4
+
+    index = tmp_path / "index"
+    assert main(["index", str(folder), "--out", str(index), "--model", str(path), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(index), "a cat", "-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("top 2 of 3") and len(lines) == 3
