@@ -276,3 +276,57 @@ def test_cli_classify_score_index_search_on_a_siglip_directory(tmp_path, hf_dir,
     assert main(["search", str(index), "a cat", "-k", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("top 2 of 3") and len(lines) == 3
+
+
+@pytest.fixture(scope="module")
+def hf2_dir(tmp_path_factory):
+    from siglip_helpers import hf_siglip2
+    from transformers import Siglip2Tokenizer
+
+    path = tmp_path_factory.mktemp("hf_siglip2")
+    model = hf_siglip2()
+    model.save_pretrained(path)
+    (path / "tokenizer.model").write_bytes(spm_model("gemma"))
+    tokenizer = Siglip2Tokenizer.from_pretrained(path)  # converted from tokenizer.model by transformers
+    return model, tokenizer, path
+
+
+def test_siglip2_parity_with_transformers_at_a_square_grid(hf2_dir):
+    from siglip_helpers import siglip2_inputs
+
+    hf, hf_tok, path = hf2_dir
+    model, _, tokenizer = clipforge.load(path)
+    assert model.config.variant == "siglip2" and model.config.image_size == 32
+    texts = TEXTS[:6]
+    # Right padding, as big_vision trained it (transformers' Siglip2Tokenizer class defaults to left padding
+    # when a directory's tokenizer_config.json does not say; clipforge always pads right: docs/families.md).
+    ref_ids = hf_tok(texts, padding="max_length", max_length=64, truncation=True, padding_side="right",
+                     return_tensors="pt").input_ids
+    ids = tokenizer(texts)
+    assert torch.equal(ids, ref_ids)
+    pixels = _pixels(3, seed=11)
+    with torch.no_grad():
+        ref = hf(input_ids=ref_ids, **siglip2_inputs(pixels))
+        image, text = model.encode_image(pixels, normalize=True), model.encode_text(ids, normalize=True)
+        logits = model.logits(image, text)
+        vision = hf.vision_model(**siglip2_inputs(pixels), output_hidden_states=True)
+        full = model.encode_image_full(pixels, output_hidden_states=True)
+    diffs = {"image_embeds": _max_diff(image, ref.image_embeds), "text_embeds": _max_diff(text, ref.text_embeds),
+             "logits_per_image": _max_diff(logits, ref.logits_per_image),
+             "hidden_states": max(_max_diff(a, b) for a, b in zip(full.hidden_states, vision.hidden_states))}
+    print("SigLIP 2 vs transformers", diffs)
+    assert max(diffs.values()) <= TOL, diffs
+
+
+def test_gemma_tokenizer_ids_match_siglip2_tokenizer_on_real_text(hf2_dir):
+    from tokenizer_corpus import debian_descriptions
+
+    _, hf_tok, path = hf2_dir
+    tokenizer = clipforge.load(path)[2]
+    assert tokenizer.pad_token_id == 0 and tokenizer.clean == "lower"
+    texts = TEXTS + debian_descriptions()[1][:200]
+    ref = hf_tok(texts, padding="max_length", max_length=64, truncation=True, padding_side="right",
+                 return_tensors="pt").input_ids
+    ours = tokenizer(texts)
+    mismatched = [texts[i] for i in range(len(texts)) if not torch.equal(ours[i], ref[i])]
+    assert not mismatched, mismatched[:5]
