@@ -358,3 +358,20 @@ def test_named_siglip_models_resolve_from_the_hf_cache(tmp_path, monkeypatch, hf
     direct = clipforge.load(hf_dir[2])[0]
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), direct.state_dict().values()))
     assert torch.equal(tokenizer(TEXTS[:2]), clipforge.load(hf_dir[2])[2](TEXTS[:2]))
+
+
+def test_onnx_export_of_siglip_at_two_text_lengths(tmp_path, loaded):
+    pytest.importorskip("onnxruntime")
+    from clipforge.export import export_onnx, onnx_parity, onnx_session
+
+    model, _, tokenizer = loaded
+    image_path, text_path = export_onnx(model, tmp_path)
+    diffs = onnx_parity(model, image_path, text_path)
+    print("SigLIP ONNX", diffs)
+    assert diffs["image"] <= 1e-4 and diffs["text"] <= 1e-4, diffs
+    session = onnx_session(text_path)
+    ids = tokenizer(TEXTS[:3])
+    for length in (64, 20):
+        out = session.run(None, {"tokens": ids[:, :length].numpy()})[0]
+        with torch.no_grad():
+            assert _max_diff(torch.from_numpy(out), model.encode_text(ids[:, :length])) <= 1e-4, length
