@@ -375,3 +375,14 @@ def test_onnx_export_of_siglip_at_two_text_lengths(tmp_path, loaded):
         out = session.run(None, {"tokens": ids[:, :length].numpy()})[0]
         with torch.no_grad():
             assert _max_diff(torch.from_numpy(out), model.encode_text(ids[:, :length])) <= 1e-4, length
+
+
+def test_convert_siglip_checks_with_transformers(tmp_path, hf_dir):
+    from clipforge.conversion import convert
+
+    report = convert(hf_dir[2], tmp_path / "m.safetensors", "clipforge")
+    assert report.max_abs_diff == 0.0
+    report = convert(tmp_path / "m.safetensors", tmp_path / "hf", "hf")
+    assert report.library_check.startswith("transformers") and "same numbers" in report.library_check
+    with pytest.raises(clipforge.checkpoint_formats.CheckpointError, match="siglip"):
+        convert(hf_dir[2], tmp_path / "m.pt", "openai")
