@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from ..configs import ClipConfig, ModelRecord, TokenizerConfig
+from ..configs import ChineseClipConfig, ClipConfig, ModelRecord, TokenizerConfig, XlmRobertaClipConfig
 from .errors import CheckpointError
 from .hf import canonical_to_hf, clip_config_to_hf_config, hf_config_to_clip_config, hf_to_canonical
 from .infer_config import Shape
@@ -119,9 +119,53 @@ CLIP_LAYOUT = FamilyLayout(
     open_clip_config_to_config=open_clip_config_to_clip_config,
 )
 
+def _chinese_clip_layout() -> FamilyLayout:
+    from . import chinese_clip as cc
+
+    return FamilyLayout(
+        family="chinese_clip",
+        config_type=ChineseClipConfig,
+        canonical_layout="CLIP's ViT under visual., a BERT tower under text., text_projection, logit_scale",
+        expected_shapes=cc.expected_shapes,
+        check_config=cc.check_config,
+        check_config_limits=lambda cfg, source="config": cc.check_limits(cfg, source),
+        describe=cc.describe,
+        readers={"hf": cc.hf_to_canonical_chinese_clip, "clipforge": dict},
+        writers={"hf": cc.canonical_to_hf_chinese_clip, "clipforge": dict},
+        detect_format=cc.detect_format,
+        hf_model_types=("chinese_clip",),
+        hf_config_to_config=cc.hf_config_to_config,
+        config_to_hf_config=cc.config_to_hf_config,
+        read_hf_tokenizer=cc.read_hf_tokenizer,
+        write_hf_files=cc.write_hf_files,
+    )
+
+
+def _xlm_roberta_clip_layout() -> FamilyLayout:
+    from . import xlm_roberta as xr
+
+    return FamilyLayout(
+        family="xlm_roberta_clip",
+        config_type=XlmRobertaClipConfig,
+        canonical_layout="CLIP's ViT under visual., an XLM-R tower under text., text_projection.{0,2}, logit_scale",
+        expected_shapes=xr.expected_shapes,
+        check_config=xr.check_config,
+        check_config_limits=lambda cfg, source="config": xr.check_limits(cfg, source),
+        describe=xr.describe,
+        readers={"open_clip": xr.open_clip_to_canonical, "clipforge": dict},
+        writers={"open_clip": xr.canonical_to_open_clip, "clipforge": dict},
+        detect_format=xr.detect_format,
+        infer_config=xr.infer_config,
+        is_open_clip_config=xr.is_open_clip_config,
+        open_clip_config_to_config=xr.open_clip_config_to_config,
+    )
+
+
 # family name -> its layouts. CLIP is last in detection order: it is the fallback for unknown keys.
 FAMILY_LAYOUTS: dict[str, FamilyLayout] = {
     "clip": CLIP_LAYOUT,
+    "chinese_clip": _chinese_clip_layout(),
+    "xlm_roberta_clip": _xlm_roberta_clip_layout(),
 }
 
 
