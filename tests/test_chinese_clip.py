@@ -1,0 +1,262 @@
+"""Chinese-CLIP: parity with transformers' ChineseCLIPModel, BertTokenizer and ChineseCLIPImageProcessor
+on tiny random models saved in transformers' own format; zero-shot with Chinese templates; the CLI.
+
+The vocabulary is built here (special tokens, common Chinese characters, ASCII letters and digits,
+punctuation, a few English words and "##" pieces): the tokenizer tests compare clipforge's ids with
+transformers' on real text over it, so they fail if either side splits differently.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import clipforge
+from clipforge.configs import ChineseClipConfig
+from clipforge.models import ChineseClipModel
+
+transformers = pytest.importorskip("transformers")
+
+CHINESE_CHARS = "一只猫狗的照片张模型年人大中国在是我你他这那有个了不和上下小好天日月水火山石花草鸟鱼马牛羊车书电脑手机北京上海清晰模糊特写幅画黑白"
+WORDS = ["photo", "cat", "dog", "clip", "of", "a", "the", "##s", "##ing", "##ed", "mod", "##el", "caf", "##e"]
+TEXTS = [
+    "一只猫的照片",
+    "CLIP模型 2024年",
+    "一张狗的照片。",
+    "Ｃａｔ！全角字符，标点；",
+    "Café à la carte: naïve Photos of cats & dogs!",
+    "北京 上海\t天\n日\u200b月",
+    "未知字符𠀀和emoji🙂",
+    "猫" * 80,  # longer than the context: truncated, [SEP] kept
+    "",
+]
+
+
+def build_vocab() -> list[str]:
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    pieces += list(CHINESE_CHARS)
+    pieces += [c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    pieces += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    pieces += list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~") + list("。，；！？：、（）《》")
+    pieces += WORDS
+    return list(dict.fromkeys(pieces))
+
+
+def tiny_hf_config(vocab_size: int):
+    from transformers import ChineseCLIPConfig
+
+    return ChineseCLIPConfig(
+        text_config=dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=64, type_vocab_size=2),
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8, projection_dim=48),
+        projection_dim=48,
+    )
+
+
+def perturb(model: torch.nn.Module, seed: int = 0) -> None:
+    """Fresh LayerNorms are identity and biases zero: random ones make the test see whether each is used."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+
+
+OFA_PREPROCESSOR = {  # the shape of OFA-Sys/chinese-clip-vit-*'s preprocessor_config.json: resize, no crop
+    "crop_size": 32, "do_center_crop": False, "do_normalize": True, "do_resize": True, "do_convert_rgb": True,
+    "image_processor_type": "ChineseCLIPImageProcessor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": {"height": 32, "width": 32},
+}
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory) -> Path:
+    """A tiny ChineseCLIPModel directory as transformers writes it, plus vocab.txt and the processor config."""
+    from transformers import ChineseCLIPModel
+
+    torch.manual_seed(0)
+    vocab = build_vocab()
+    model = ChineseCLIPModel(tiny_hf_config(len(vocab))).eval()
+    perturb(model)
+    directory = tmp_path_factory.mktemp("chinese_clip")
+    model.save_pretrained(directory)
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True}))
+    (directory / "preprocessor_config.json").write_text(json.dumps(OFA_PREPROCESSOR))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def loaded(hf_dir):
+    return clipforge.load(hf_dir)
+
+
+def hf_tokenizers(directory: Path):
+    from transformers import BertTokenizer, BertTokenizerFast
+
+    return (BertTokenizer(str(directory / "vocab.txt"), do_lower_case=True),
+            BertTokenizerFast(str(directory / "vocab.txt"), do_lower_case=True))
+
+
+def test_tokenizer_matches_bert_tokenizers(hf_dir, loaded):
+    _, _, tokenizer = loaded
+    ours = tokenizer(TEXTS)
+    assert ours.shape == (len(TEXTS), 52)
+    for reference in hf_tokenizers(hf_dir):
+        theirs = reference(TEXTS, padding="max_length", max_length=52, truncation=True, return_tensors="pt")
+        assert torch.equal(ours, theirs["input_ids"]), type(reference).__name__
+        assert torch.equal(ours != tokenizer.pad_token_id, theirs["attention_mask"].bool())
+    # The Chinese characters are single pieces (not [UNK]), the rare one is [UNK], [SEP] survives truncation.
+    unk = tokenizer.unk_token_id
+    assert unk not in tokenizer.encode("一只猫的照片") and unk in tokenizer.encode("𠀀")
+    assert ours[7, -1] == tokenizer.sep_token_id
+
+
+def test_tokenizer_case_kept_without_lower_case(hf_dir):
+    from transformers import BertTokenizer
+
+    from clipforge.text.wordpiece import WordPieceTokenizer
+
+    vocab = (hf_dir / "vocab.txt").read_bytes() + b"Cat\n"
+    path = hf_dir.parent / "vocab_cased.txt"
+    path.write_bytes(vocab)
+    ours = WordPieceTokenizer(vocab, lowercase=False)(["Cat cat CAT", "Café"])
+    theirs = BertTokenizer(str(path), do_lower_case=False)(["Cat cat CAT", "Café"], padding="max_length",
+                                                            max_length=52, return_tensors="pt")["input_ids"]
+    assert torch.equal(ours, theirs)
+
+
+def test_parity_with_transformers(hf_dir, loaded):
+    from transformers import ChineseCLIPModel
+
+    model, _, tokenizer = loaded
+    assert isinstance(model, ChineseClipModel) and isinstance(model.config, ChineseClipConfig)
+    reference = ChineseCLIPModel.from_pretrained(hf_dir).eval()
+    texts = TEXTS[:6]  # different lengths: padding must be masked out
+    tokens = tokenizer(texts)
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        # transformers padded to the longest text only: pooling at [CLS] with masked padding makes it equal.
+        inputs = hf_tokenizers(hf_dir)[1](texts, padding=True, return_tensors="pt")
+        out = reference(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=pixels)
+        image = model.encode_image(pixels, normalize=True)
+        text = model.encode_text(tokens, normalize=True)
+        logits_per_image = model(pixels, tokens).logits_per_image
+    diffs = {
+        "image_embeds": (image - out.image_embeds).abs().max().item(),
+        "text_embeds": (text - out.text_embeds).abs().max().item(),
+        "logits_per_image": (logits_per_image - out.logits_per_image).abs().max().item(),
+    }
+    print("chinese-clip parity max abs diff:", diffs)
+    assert all(d <= 1e-5 for d in diffs.values()), diffs
+    # The texts differ, so the embeddings must too (a model ignoring its input would pass the above only by luck).
+    assert (text[0] - text[1]).abs().max() > 1e-3
+
+
+def test_preprocess_matches_image_processor(hf_dir, loaded):
+    import numpy as np
+    from PIL import Image
+    from transformers import ChineseCLIPImageProcessor
+
+    _, preprocess, _ = loaded
+    assert preprocess.config.resize_mode == "squash" and preprocess.config.image_size == 32
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (45, 70, 3), dtype=np.uint8))
+    theirs = ChineseCLIPImageProcessor.from_pretrained(hf_dir)(image, return_tensors="pt")["pixel_values"][0]
+    diff = (preprocess(image) - theirs).abs().max().item()
+    print("chinese-clip preprocess (squash) max abs diff:", diff)
+    assert diff <= 1e-5
+    # transformers' class defaults: shortest side, then centre crop.
+    config = dict(OFA_PREPROCESSOR, do_center_crop=True, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    cropped = hf_dir.parent / "cropped"
+    cropped.mkdir(exist_ok=True)
+    (cropped / "preprocessor_config.json").write_text(json.dumps(config))
+    from clipforge.checkpoint_formats.reading import hf_preprocess_config
+    from clipforge.image import Preprocess
+
+    theirs = ChineseCLIPImageProcessor.from_pretrained(cropped)(image, return_tensors="pt")["pixel_values"][0]
+    ours = Preprocess(hf_preprocess_config(cropped))(image)
+    assert (ours - theirs).abs().max().item() <= 1e-5
+
+
+def test_save_and_reload(tmp_path, hf_dir, loaded):
+    """clipforge's own file keeps the vocabulary and the Chinese templates; the transformers
+    directory clipforge writes opens in transformers with the same outputs."""
+    from transformers import BertTokenizer, ChineseCLIPModel
+
+    model, _, tokenizer = loaded
+    tokens = tokenizer(TEXTS[:3])
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = model(pixels, tokens).logits_per_image
+    path = clipforge.save(model, tmp_path / "cc.safetensors")
+    again, _, tokenizer2 = clipforge.load(path)
+    assert again.record.tokenizer.prompt_templates == "chinese"
+    assert torch.equal(tokenizer2(TEXTS), tokenizer(TEXTS))
+    with torch.no_grad():
+        assert torch.equal(again(pixels, tokens).logits_per_image, want)
+
+    out_dir = clipforge.save(model, tmp_path / "hf", format="hf")
+    reference = ChineseCLIPModel.from_pretrained(out_dir).eval()
+    hf_tokens = BertTokenizer.from_pretrained(out_dir)(TEXTS[:3], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        theirs = reference(**hf_tokens, pixel_values=pixels).logits_per_image
+    assert (theirs - want).abs().max().item() <= 1e-5
+
+
+def test_one_tower_load(hf_dir, loaded):
+    model, _, tokenizer = loaded
+    text_only, _, _ = clipforge.load(hf_dir, tower="text")
+    assert text_only.visual is None
+    tokens = tokenizer(TEXTS[:2])
+    with torch.no_grad():
+        assert torch.equal(text_only.encode_text(tokens), model.encode_text(tokens))
+    with pytest.raises(clipforge.models.TowerNotLoadedError):
+        text_only.encode_image(torch.zeros(1, 3, 32, 32))
+
+
+def test_zero_shot_uses_chinese_templates(loaded):
+    from clipforge.tasks.templates import CHINESE_TEMPLATES
+    from clipforge.tasks.zero_shot import build_classifier, classify
+
+    model, _, tokenizer = loaded
+    classifier = build_classifier(model, tokenizer, ["猫", "狗"], progress=False)
+    assert classifier.templates == list(CHINESE_TEMPLATES)
+    # The prompts are Chinese text the vocabulary covers: none of them is mostly [UNK].
+    ids = tokenizer([t.format("猫") for t in CHINESE_TEMPLATES])
+    assert ((ids == tokenizer.unk_token_id).sum(dim=1) == 0).all()
+    result = classify(model, classifier, torch.randn(2, 3, 32, 32), top_k=2)
+    assert {label for label, _ in result[0]} == {"猫", "狗"}
+
+
+def test_cli_classify_prints_chinese_labels(tmp_path, hf_dir):
+    from PIL import Image
+
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (200, 120, 30)).save(image)
+    env = {"PYTHONIOENCODING": "utf-8", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(clipforge.__file__).parent.parent), "HF_HUB_OFFLINE": "1"}
+    run = [sys.executable, "-m", "clipforge.cli.main", "classify", str(image), "--model", str(hf_dir), "--labels", "猫,狗"]
+    done = subprocess.run(run + ["--json"], capture_output=True, text=True, encoding="utf-8", env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    predictions = json.loads(done.stdout)["results"][0]["predictions"]
+    assert {p["label"] for p in predictions} == {"猫", "狗"}
+    assert '"猫"' in done.stdout  # written as the character, not a \u escape
+    done = subprocess.run(run, capture_output=True, text=True, encoding="utf-8", env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "猫" in done.stdout and "狗" in done.stdout, done.stdout
+
+
+def test_missing_vocabulary_is_named(tmp_path, hf_dir):
+    import shutil
+
+    bare = tmp_path / "no_vocab"
+    shutil.copytree(hf_dir, bare)
+    (bare / "vocab.txt").unlink()
+    with pytest.raises(clipforge.errors.ClipforgeError, match="vocab.txt"):
+        clipforge.load(bare)
