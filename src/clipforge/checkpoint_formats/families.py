@@ -156,6 +156,7 @@ def _xlm_roberta_clip_layout() -> FamilyLayout:
         writers={"open_clip": xr.canonical_to_open_clip, "clipforge": dict},
         detect_format=xr.detect_format,
         infer_config=xr.infer_config,
+        read_hf_tokenizer=xr.read_tokenizer,
         is_open_clip_config=xr.is_open_clip_config,
         open_clip_config_to_config=xr.open_clip_config_to_config,
     )

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from ..configs import BertTextConfig, VisionTransformerConfig, XlmRobertaClipConfig
+from ..configs import BertTextConfig, TokenizerConfig, VisionTransformerConfig, XlmRobertaClipConfig
 from .bert import bert_expected_shapes, bert_to_canonical, canonical_to_bert
 from .chinese_clip import check_config as _check_config
 from .chinese_clip import check_limits, describe, vision_shapes
 from .errors import CheckpointError
 from .infer_config import Shape
+from .limits import optional_file, read_json
 
 StateDict = dict[str, torch.Tensor]
 OC_TEXT_PREFIX = "text.transformer."
@@ -152,3 +154,25 @@ def open_clip_config_to_config(model_cfg: dict[str, Any]) -> XlmRobertaClipConfi
     if context is not None:
         text = BertTextConfig(**{**text.__dict__, "context_length": int(context)})
     return XlmRobertaClipConfig(embed_dim=int(model_cfg.get("embed_dim", 512)), vision=vision, text=text)
+
+
+SENTENCEPIECE_FILE = "sentencepiece.bpe.model"  # what XLMRobertaTokenizer.save_pretrained writes
+
+
+def read_tokenizer(directory: Path) -> Optional[TokenizerConfig]:
+    """XLM-R's tokenizer from a directory's sentencepiece.bpe.model (open_clip's hub directories keep
+    the tokenizer files next to the weights); None when absent (loading then names the file)."""
+    from .chinese_clip import read_small_file
+
+    path = directory / SENTENCEPIECE_FILE
+    if not optional_file(path):
+        return None
+    context = 77
+    config_path = directory / "open_clip_config.json"
+    if optional_file(config_path):
+        raw = read_json(config_path, "open_clip config")
+        text_cfg = (raw.get("model_cfg") or {}).get("text_cfg") if isinstance(raw, dict) else None
+        if isinstance(text_cfg, dict) and isinstance(text_cfg.get("context_length"), int):
+            context = text_cfg["context_length"]
+    return TokenizerConfig(kind="xlm_roberta", context_length=context, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                           model=read_small_file(path, SENTENCEPIECE_FILE))

@@ -5,7 +5,11 @@ and open_clip's HFTokenizer("xlm-roberta-base") give.
 fairseq's layout: <s> 0, <pad> 1, </s> 2, <unk> 3, then SentencePiece's pieces shifted by one (its
 own <unk>, id 0, becomes 3; its <s> / </s> at 1 / 2 are never produced for text). Each row is
 <s> ids </s> (the </s> kept when a long text is cut), padded with <pad> to `context_length`; the
-model's attention mask is "not <pad>".
+model's attention mask is "not <pad>". Before that, open_clip's clean-up (ftfy, HTML entities,
+whitespace runs folded; case kept: `normalize.clean_keep_case`), as its HFTokenizer does.
+
+Where ids differ from transformers on purpose: special tokens typed in the text ("</s>") are read
+as the characters they are made of, not as special ids.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Optional
 import torch
 
 from clipforge.errors import InvalidInputError
+from clipforge.text.normalize import clean_keep_case
 
 __all__ = ["XlmRobertaTokenizer"]
 
@@ -40,7 +45,7 @@ class XlmRobertaTokenizer:
             raise InvalidInputError(f"context_length must be an int of at least 3, got {context_length!r}")
         self._sp = processor
         self._sp_unk = processor.unk_id()
-        self.vocab_size = processor.get_piece_size() + FAIRSEQ_OFFSET  # + <mask> in the model's table
+        self.vocab_size = processor.get_piece_size() + FAIRSEQ_OFFSET + 1  # fairseq's <mask> is the last id
         self.context_length = context_length
         self.truncate = bool(truncate)
         self.pad_token_id, self.bos_token_id, self.eos_token_id = PAD, BOS, EOS
@@ -60,7 +65,7 @@ class XlmRobertaTokenizer:
         """The model ids of `text`, without <s> / </s>."""
         if not isinstance(text, str):
             raise TypeError(f"texts must be str, got {type(text).__name__}")
-        return [UNK if i == self._sp_unk else i + FAIRSEQ_OFFSET for i in self._sp.encode(text)]
+        return [UNK if i == self._sp_unk else i + FAIRSEQ_OFFSET for i in self._sp.encode(clean_keep_case(text))]
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """Text of ids, special tokens and padding left out."""
