@@ -18,7 +18,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from ..configs import ChineseClipConfig, ClipConfig, ModelRecord, TokenizerConfig, XlmRobertaClipConfig
+from ..configs import ChineseClipConfig, ClipConfig, ModelRecord, SiglipConfig, TokenizerConfig, XlmRobertaClipConfig
+from . import chinese_clip, siglip, xlm_roberta
 from .errors import CheckpointError
 from .hf import canonical_to_hf, clip_config_to_hf_config, hf_config_to_clip_config, hf_to_canonical
 from .infer_config import Shape
@@ -119,54 +120,69 @@ CLIP_LAYOUT = FamilyLayout(
     open_clip_config_to_config=open_clip_config_to_clip_config,
 )
 
-def _chinese_clip_layout() -> FamilyLayout:
-    from . import chinese_clip as cc
-
-    return FamilyLayout(
-        family="chinese_clip",
-        config_type=ChineseClipConfig,
-        canonical_layout="CLIP's ViT under visual., a BERT tower under text., text_projection, logit_scale",
-        expected_shapes=cc.expected_shapes,
-        check_config=cc.check_config,
-        check_config_limits=lambda cfg, source="config": cc.check_limits(cfg, source),
-        describe=cc.describe,
-        readers={"hf": cc.hf_to_canonical_chinese_clip, "clipforge": dict},
-        writers={"hf": cc.canonical_to_hf_chinese_clip, "clipforge": dict},
-        detect_format=cc.detect_format,
-        hf_model_types=("chinese_clip",),
-        hf_config_to_config=cc.hf_config_to_config,
-        config_to_hf_config=cc.config_to_hf_config,
-        read_hf_tokenizer=cc.read_hf_tokenizer,
-        write_hf_files=cc.write_hf_files,
-    )
+CHINESE_CLIP_LAYOUT = FamilyLayout(
+    family="chinese_clip",
+    config_type=ChineseClipConfig,
+    canonical_layout="CLIP's ViT under visual., a BERT tower under text., text_projection, logit_scale",
+    expected_shapes=chinese_clip.expected_shapes,
+    check_config=chinese_clip.check_config,
+    check_config_limits=lambda cfg, source="config": chinese_clip.check_limits(cfg, source),
+    describe=chinese_clip.describe,
+    readers={"hf": chinese_clip.hf_to_canonical_chinese_clip, "clipforge": dict},
+    writers={"hf": chinese_clip.canonical_to_hf_chinese_clip, "clipforge": dict},
+    detect_format=chinese_clip.detect_format,
+    hf_model_types=("chinese_clip",),
+    hf_config_to_config=chinese_clip.hf_config_to_config,
+    config_to_hf_config=chinese_clip.config_to_hf_config,
+    read_hf_tokenizer=chinese_clip.read_hf_tokenizer,
+    write_hf_files=chinese_clip.write_hf_files,
+)
 
 
-def _xlm_roberta_clip_layout() -> FamilyLayout:
-    from . import xlm_roberta as xr
+XLM_ROBERTA_CLIP_LAYOUT = FamilyLayout(
+    family="xlm_roberta_clip",
+    config_type=XlmRobertaClipConfig,
+    canonical_layout="CLIP's ViT under visual., an XLM-R tower under text., text_projection.{0,2}, logit_scale",
+    expected_shapes=xlm_roberta.expected_shapes,
+    check_config=xlm_roberta.check_config,
+    check_config_limits=lambda cfg, source="config": xlm_roberta.check_limits(cfg, source),
+    describe=xlm_roberta.describe,
+    readers={"open_clip": xlm_roberta.open_clip_to_canonical, "clipforge": dict},
+    writers={"open_clip": xlm_roberta.canonical_to_open_clip, "clipforge": dict},
+    detect_format=xlm_roberta.detect_format,
+    infer_config=xlm_roberta.infer_config,
+    read_hf_tokenizer=xlm_roberta.read_tokenizer,
+    is_open_clip_config=xlm_roberta.is_open_clip_config,
+    open_clip_config_to_config=xlm_roberta.open_clip_config_to_config,
+)
 
-    return FamilyLayout(
-        family="xlm_roberta_clip",
-        config_type=XlmRobertaClipConfig,
-        canonical_layout="CLIP's ViT under visual., an XLM-R tower under text., text_projection.{0,2}, logit_scale",
-        expected_shapes=xr.expected_shapes,
-        check_config=xr.check_config,
-        check_config_limits=lambda cfg, source="config": xr.check_limits(cfg, source),
-        describe=xr.describe,
-        readers={"open_clip": xr.open_clip_to_canonical, "clipforge": dict},
-        writers={"open_clip": xr.canonical_to_open_clip, "clipforge": dict},
-        detect_format=xr.detect_format,
-        infer_config=xr.infer_config,
-        read_hf_tokenizer=xr.read_tokenizer,
-        is_open_clip_config=xr.is_open_clip_config,
-        open_clip_config_to_config=xr.open_clip_config_to_config,
-    )
-
+SIGLIP_LAYOUT = FamilyLayout(
+    family="siglip",
+    config_type=SiglipConfig,
+    canonical_layout="clipforge's SiglipModel state dict (checkpoint_formats/siglip.py)",
+    expected_shapes=siglip.expected_shapes,
+    check_config=siglip.check_config,
+    check_config_limits=siglip.check_config_limits,
+    describe=siglip.describe,
+    readers={"hf": siglip.hf_to_canonical, "open_clip": siglip.open_clip_to_canonical, "clipforge": lambda sd: dict(sd)},
+    writers={"hf": siglip.canonical_to_hf, "clipforge": lambda sd: dict(sd)},
+    detect_format=siglip.detect_format,
+    infer_config=None,  # head counts do not show in shapes: the file (or arch=) must state the config
+    hf_model_types=("siglip", "siglip2"),
+    hf_config_to_config=siglip.hf_config_to_config,
+    config_to_hf_config=siglip.config_to_hf_config,
+    read_hf_tokenizer=siglip.read_hf_tokenizer,
+    write_hf_files=siglip.write_hf_files,
+    is_open_clip_config=siglip.is_open_clip_config,
+    open_clip_config_to_config=siglip.open_clip_config_to_config,
+)
 
 # family name -> its layouts. CLIP is last in detection order: it is the fallback for unknown keys.
 FAMILY_LAYOUTS: dict[str, FamilyLayout] = {
     "clip": CLIP_LAYOUT,
-    "chinese_clip": _chinese_clip_layout(),
-    "xlm_roberta_clip": _xlm_roberta_clip_layout(),
+    "chinese_clip": CHINESE_CLIP_LAYOUT,
+    "xlm_roberta_clip": XLM_ROBERTA_CLIP_LAYOUT,
+    "siglip": SIGLIP_LAYOUT,
 }
 
 

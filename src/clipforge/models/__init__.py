@@ -7,12 +7,13 @@ for any config.
 
 from typing import Any
 
-from clipforge.configs import ChineseClipConfig, ClipConfig, XlmRobertaClipConfig
+from clipforge.configs import ChineseClipConfig, ClipConfig, SiglipConfig, XlmRobertaClipConfig
 from clipforge.errors import InvalidInputError
 from clipforge.models.bert_clip import ChineseClipModel, XlmRobertaClipModel
 from clipforge.models.clip_model import ClipModel, ClipOutput
 from clipforge.models.family import ImageOutput, TowerNotLoadedError, Towers, image_tokens
 from clipforge.models.modified_resnet import ModifiedResNet
+from clipforge.models.siglip import SiglipModel, SiglipOutput
 from clipforge.models.text_transformer import CausalTextTransformer, TextOutput
 from clipforge.models.vision_transformer import VisionTransformer
 
@@ -21,6 +22,7 @@ MODEL_CLASSES: dict[type, type] = {
     ClipConfig: ClipModel,
     ChineseClipConfig: ChineseClipModel,
     XlmRobertaClipConfig: XlmRobertaClipModel,
+    SiglipConfig: SiglipModel,
 }
 
 
@@ -51,6 +53,8 @@ __all__ = [
     "Towers",
     "VisionTransformer",
     "ModifiedResNet",
+    "SiglipModel",
+    "SiglipOutput",
     "build_model",
     "image_tokens",
     "model_class",
