@@ -260,3 +260,30 @@ def test_missing_vocabulary_is_named(tmp_path, hf_dir):
     (bare / "vocab.txt").unlink()
     with pytest.raises(clipforge.errors.ClipforgeError, match="vocab.txt"):
         clipforge.load(bare)
+
+
+def test_named_weights_resolve_from_the_hf_cache(tmp_path, monkeypatch, hf_dir, loaded):
+    """`load("chinese-clip-vit-base-patch16", weights="ofa_sys")` and the hub id find a cached snapshot
+    offline, tokenizer included (the zoo's architecture is swapped for the tiny one these weights have)."""
+    from test_hub_cache import make_hf_cache
+
+    from clipforge import model_zoo
+
+    for var in ("HF_ENDPOINT", "HF_HOME", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("CLIPFORGE_CACHE", str(tmp_path / "clipforge"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name, hub_id = "chinese-clip-vit-base-patch16", "OFA-Sys/chinese-clip-vit-base-patch16"
+    assert (name, "ofa_sys") in model_zoo.list_models()
+    assert model_zoo.lookup_hf_hub_id(hub_id).license == "MIT"
+    make_hf_cache(tmp_path / "hf", hub_id, {p.name: p.read_bytes() for p in hf_dir.iterdir() if p.is_file()})
+    model, _, tokenizer = loaded
+    monkeypatch.setitem(model_zoo.FAMILY_ARCHITECTURES, name, model.config)
+    tokens = tokenizer(TEXTS[:3])
+    for args in ((name, "ofa_sys"), (hub_id, None)):
+        named, _, named_tokenizer = clipforge.load(args[0], weights=args[1], offline=True)
+        assert named.record.provenance.weights_tag == "ofa_sys" and named.record.tokenizer.prompt_templates == "chinese"
+        assert torch.equal(named_tokenizer(TEXTS), tokenizer(TEXTS))
+        with torch.no_grad():
+            assert torch.equal(named.encode_text(tokens), model.encode_text(tokens))

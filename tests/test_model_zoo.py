@@ -121,7 +121,8 @@ def test_weights_keys_and_arch_names() -> None:
         assert record.arch == (base + "-quickgelu" if record.activation == "quick_gelu" else base)
         assert record.preprocess.image_size == ARCHITECTURES[base].image_size
         assert record.model_config().activation == record.activation
-    assert list_models() == [(r.arch, r.tag) for r in WEIGHTS.values()]
+    # CLIP's weights first, then other families' (model_zoo.FAMILY_WEIGHTS).
+    assert list_models()[: len(WEIGHTS)] == [(r.arch, r.tag) for r in WEIGHTS.values()]
     assert {tag for _, tag in WEIGHTS if tag == "openai"} and len(WEIGHTS) >= 18
 
 
@@ -242,3 +243,21 @@ def test_importing_zoo_and_cache_imports_neither_torch_nor_hub() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
     assert model_zoo.__name__ == "clipforge.model_zoo"
+
+
+def test_family_records_match_open_clip(open_clip) -> None:
+    """The multilingual entries read as open_clip's own model configs and name its hub repos."""
+    from clipforge.checkpoint_formats.xlm_roberta import open_clip_config_to_config
+    from clipforge.model_zoo import FAMILY_ARCHITECTURES, FAMILY_WEIGHTS
+
+    assert list_models()[len(WEIGHTS):] == [(r.arch, r.tag) for r in FAMILY_WEIGHTS.values()]
+    for (arch, tag), record in FAMILY_WEIGHTS.items():
+        assert get_weights(arch, tag) is record and record.license and record.notes
+        assert record.preprocess.image_size == FAMILY_ARCHITECTURES[arch].image_size
+        if arch.startswith("xlm-roberta"):
+            assert FAMILY_ARCHITECTURES[arch] == open_clip_config_to_config(open_clip.get_model_config(arch))
+            ref = open_clip.get_pretrained_cfg(arch, tag)
+            assert record.hf_hub_id == ref["hf_hub"].rstrip("/") and record.preprocess.mean == tuple(ref["mean"])
+        else:
+            assert record.hf_hub_id == f"OFA-Sys/{arch}" and record.preprocess.resize_mode == "squash"
+        assert lookup_hf_hub_id(record.hf_hub_id) is record
