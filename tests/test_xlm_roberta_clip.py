@@ -9,6 +9,7 @@ Unigram model trained in the test on generated multilingual text (Chinese includ
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -162,3 +163,34 @@ def test_unknown_text_tower_is_named(reference):
     _, _, hub = reference
     with pytest.raises(clipforge.errors.ClipforgeError, match=TINY_TOWER):
         clipforge.load(hub)  # without the tiny tower in the table: its sizes are unknown
+
+
+def test_named_weights_from_the_hf_cache_with_the_tokenizer_repo(tmp_path, monkeypatch, reference, tiny_tower):
+    """`load("xlm-roberta-base-ViT-B-32", weights="laion5b_s13b_b90k")` offline: the weights from the laion
+    repo's cached snapshot (which holds no tokenizer), the tokenizer from the FacebookAI/xlm-roberta-base
+    repo open_clip names (the zoo's architecture is swapped for the tiny one these weights have)."""
+    from test_hub_cache import make_hf_cache
+
+    from clipforge import model_zoo
+
+    _, oc_tokenizer, hub = reference
+    for var in ("HF_ENDPOINT", "HF_HOME", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("CLIPFORGE_CACHE", str(tmp_path / "clipforge"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name, tag = "xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k"
+    record = model_zoo.get_weights(name, tag)
+    weights_files = {n: (hub / n).read_bytes() for n in ("open_clip_model.safetensors", "open_clip_config.json")}
+    make_hf_cache(tmp_path / "hf", record.hf_hub_id, weights_files)
+    make_hf_cache(tmp_path / "hf", record.tokenizer_file[0],
+                  {record.tokenizer_file[1]: (hub / "sentencepiece.bpe.model").read_bytes()})
+    direct, _, _ = clipforge.load(hub)
+    monkeypatch.setitem(model_zoo.FAMILY_ARCHITECTURES, name, direct.config)
+    monkeypatch.setitem(model_zoo.FAMILY_WEIGHTS, (name, tag), dataclasses.replace(record, preprocess=direct.record.preprocess))
+    model, _, tokenizer = clipforge.load(name, weights=tag, offline=True)
+    assert model.record.provenance.weights_tag == tag
+    assert torch.equal(tokenizer(TEXTS), oc_tokenizer(TEXTS))
+    tokens = tokenizer(TEXTS[:3])
+    with torch.no_grad():
+        assert torch.equal(model.encode_text(tokens), direct.encode_text(tokens))

@@ -258,7 +258,26 @@ def _load_named(
     checkpoint = read_checkpoint(path if isinstance(config, ClipConfig) else path.parent, tower=tower)
     model = _model_from_checkpoint(checkpoint, config, source=f"{weights.arch} ({tag}) from {path}",
                                    allow_nonfinite=allow_nonfinite, tower=tower)
+    if checkpoint.tokenizer is None and weights.tokenizer_file is not None:
+        checkpoint.tokenizer = _tokenizer_from_repo(weights, checkpoint.family, cache_dir=cache_dir, offline=offline)
     return model, _zoo_record(weights, config, checkpoint.format, str(path), checkpoint)
+
+
+def _tokenizer_from_repo(
+    weights: "model_zoo.WeightsRecord", family: str, *, cache_dir: Optional[Union[str, Path]], offline: Optional[bool],
+) -> Optional[TokenizerConfig]:
+    """The tokenizer file a zoo record names in another hub repo (found like a weights file: cache first),
+    read by the family's reader of tokenizer files; None when the family reads none."""
+    from clipforge import hub_cache
+    from clipforge.checkpoint_formats import family_layout
+
+    read = family_layout(family).read_hf_tokenizer
+    if read is None or weights.tokenizer_file is None:
+        return None
+    repo, filename = weights.tokenizer_file
+    file_record = dataclasses.replace(weights, hf_hub_id=repo, hf_filename=filename, hf_fallback_filenames=(),
+                                      url=None, sha256=None)
+    return read(hub_cache.resolve_weights_file(file_record, cache_dir=cache_dir, offline=offline).parent)
 
 
 def _zoo_record(

@@ -255,6 +255,9 @@ class WeightsRecord:
     license: str = ""
     source: str = ""  # paper / model card
     notes: str = ""  # what else a user should know: preprocessing, the tokenizer files the repo must hold
+    # (hub repo, file name) of a tokenizer file kept in another repo than the weights: open_clip's
+    # multilingual repos name their tokenizer by hub name (hf_tokenizer_name) instead of holding it.
+    tokenizer_file: Optional[tuple[str, str]] = None
 
     def __post_init__(self) -> None:
         # Fail at definition time if the record contradicts its own architecture name.
@@ -408,8 +411,9 @@ _CHINESE_CLIP_SOURCE = "https://arxiv.org/abs/2211.01335 (Yang et al. 2022); htt
 _CHINESE_CLIP_NOTES = ("transformers ChineseCLIPModel repo; images resized to a square without a crop "
                        "(preprocessor_config.json); WordPiece tokenizer from the repo's vocab.txt, lower case, "
                        "52 tokens; zero-shot prompts in Chinese")
-_XLMR_NOTES = ("open_clip hub repo; OpenAI's preprocessing; XLM-R SentencePiece tokenizer "
-               "(sentencepiece.bpe.model, cased, 77 tokens) must sit next to the weights")
+_XLMR_NOTES = ("open_clip hub repo; OpenAI's preprocessing; XLM-R SentencePiece tokenizer (cased, 77 tokens): "
+               "sentencepiece.bpe.model next to the weights, else from the FacebookAI/xlm-roberta-* repo "
+               "open_clip names")
 
 
 def _chinese_clip(arch: str) -> WeightsRecord:
@@ -423,12 +427,13 @@ def _chinese_clip(arch: str) -> WeightsRecord:
     )
 
 
-def _xlm_roberta(arch: str, tag: str, hub_id: str) -> WeightsRecord:
+def _xlm_roberta(arch: str, tag: str, hub_id: str, tokenizer_repo: str) -> WeightsRecord:
     return WeightsRecord(
         arch=arch, tag=tag, file_format="open_clip", activation="gelu",
         preprocess=PreprocessConfig(image_size=FAMILY_ARCHITECTURES[arch].image_size),
         hf_hub_id=hub_id, hf_filename=_OPEN_CLIP_FILES[0], hf_fallback_filenames=_OPEN_CLIP_FILES[1:],
         sot_token_id=0, eot_token_id=2, pad_token_id=1, license="MIT", source=_LAION_SOURCE, notes=_XLMR_NOTES,
+        tokenizer_file=(tokenizer_repo, "sentencepiece.bpe.model"),
     )
 
 
@@ -438,9 +443,10 @@ FAMILY_WEIGHTS: dict[tuple[str, str], WeightsRecord] = {(r.arch, r.tag): r for r
     _chinese_clip("chinese-clip-vit-large-patch14"),
     _chinese_clip("chinese-clip-vit-large-patch14-336px"),
     _chinese_clip("chinese-clip-vit-huge-patch14"),
-    _xlm_roberta("xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k", "laion/CLIP-ViT-B-32-xlm-roberta-base-laion5B-s13B-b90k"),
+    _xlm_roberta("xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k", "laion/CLIP-ViT-B-32-xlm-roberta-base-laion5B-s13B-b90k",
+                 "FacebookAI/xlm-roberta-base"),
     _xlm_roberta("xlm-roberta-large-ViT-H-14", "frozen_laion5b_s13b_b90k",
-                 "laion/CLIP-ViT-H-14-frozen-xlm-roberta-large-laion5B-s13B-b90k"),
+                 "laion/CLIP-ViT-H-14-frozen-xlm-roberta-large-laion5B-s13B-b90k", "FacebookAI/xlm-roberta-large"),
 ]}
 
 # transformers-format repos (config.json + model.safetensors / pytorch_model.bin) -> (base arch, tag).
