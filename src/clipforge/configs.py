@@ -286,7 +286,11 @@ class TokenizerConfig:
     which travel with the weights) run by the sentencepiece library after `clean`; `bos_token_id`
     before the text and `eos_token_id` after it (kept when a long text is truncated), then padding
     with `pad_token_id` to `context_length` (always: SigLIP pools at the last position, so the
-    padding is part of what it reads).
+    padding is part of what it reads). kind "wordpiece": BERT's WordPiece over `model` = vocab.txt's
+    bytes (Chinese-CLIP), run by the tokenizers library; `clean` "lower" lower-cases and strips
+    accents (do_lower_case), "none" keeps case; [CLS] ... [SEP], padded with [PAD]. kind "xlm_roberta":
+    XLM-R's SentencePiece model (`model` = sentencepiece.bpe.model) with fairseq's ids; <s> ... </s>,
+    padded with <pad> (1). Both pad to `context_length`; their models mask padding out.
     """
 
     kind: TokenizerKind = "clip_bpe"

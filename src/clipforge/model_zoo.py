@@ -290,9 +290,12 @@ class WeightsRecord:
         """The format of a resolved file: the URL's file is OpenAI's archive, hub files are `file_format`."""
         return self.url_file_format if os.path.basename(path) == self.url_filename else self.file_format
 
-    def model_config(self) -> ClipConfig:
-        """The architecture's config with this record's numerics and special tokens applied."""
+    def model_config(self) -> Any:
+        """The architecture's config with this record's numerics and special tokens applied (CLIP's;
+        other families' configs state their numerics themselves and come back as they are)."""
         cfg = get_architecture(self.arch)
+        if not isinstance(cfg, ClipConfig):
+            return cfg
         text = dataclasses.replace(
             cfg.text, sot_token_id=self.sot_token_id, eot_token_id=self.eot_token_id, pad_token_id=self.pad_token_id
         )

@@ -87,8 +87,10 @@ class BertClipModel(nn.Module):
 
     def example_tokens(self, batch: int = 2, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """[batch, context] ids shaped like real text (start id, random ids, end id, padding)."""
-        tokenizer = self.record.tokenizer
-        first = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0
+        tokenizer, vocab = self.record.tokenizer, self.config.text.vocab_size
+        # The record's start / end ids when it has them (a vocabulary came with the weights), else any
+        # non-padding ids: the model reads them the same way.
+        first = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else (self.config.text.pad_token_id + 1) % vocab
         last = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else first
         return example_tokens(self.config.text, first, last, batch, generator)
 

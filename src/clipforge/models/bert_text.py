@@ -97,8 +97,10 @@ def example_tokens(cfg: BertTextConfig, first_id: int, last_id: int, batch: int 
     """[batch, context_length] ids shaped like real text: `first_id`, random ids, `last_id` at varying
     positions, then padding (for tracing, export and conversion checks)."""
     context = cfg.context_length
-    low = max(first_id, last_id, cfg.pad_token_id) + 1
+    # Word ids above the special ones where the vocabulary has room (BERT and XLM-R put them first).
+    low = min(max(first_id, last_id, cfg.pad_token_id) + 1, cfg.vocab_size - 1)
     tokens = torch.randint(low, cfg.vocab_size, (batch, context), generator=generator)
+    tokens[tokens == cfg.pad_token_id] = first_id  # padding only at the end of a row
     tokens[:, 0] = first_id
     for row in range(batch):
         end = min(context - 1, 4 + 5 * row)
