@@ -264,9 +264,11 @@ def test_missing_vocabulary_is_named(tmp_path, hf_dir):
         tokenizer(["一只猫"])
 
 
-def test_named_weights_resolve_from_the_hf_cache(tmp_path, monkeypatch, hf_dir, loaded):
-    """`load("chinese-clip-vit-base-patch16", weights="ofa_sys")` and the hub id find a cached snapshot
-    offline, tokenizer included (the zoo's architecture is swapped for the tiny one these weights have)."""
+def test_named_model_resolves_from_the_hf_cache(tmp_path, monkeypatch, hf_dir, loaded):
+    """`load("chinese-clip-vit-base-patch16")` and the hub id find a cached snapshot offline, tokenizer
+    included (the zoo entry's architecture is swapped for the tiny one these weights have)."""
+    import dataclasses
+
     from test_hub_cache import make_hf_cache
 
     from clipforge import model_zoo
@@ -277,15 +279,19 @@ def test_named_weights_resolve_from_the_hf_cache(tmp_path, monkeypatch, hf_dir, 
     monkeypatch.setenv("CLIPFORGE_CACHE", str(tmp_path / "clipforge"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     name, hub_id = "chinese-clip-vit-base-patch16", "OFA-Sys/chinese-clip-vit-base-patch16"
-    assert (name, "ofa_sys") in model_zoo.list_models()
-    assert model_zoo.lookup_hf_hub_id(hub_id).license == "MIT"
+    assert (name, hub_id) in model_zoo.list_models()
     make_hf_cache(tmp_path / "hf", hub_id, {p.name: p.read_bytes() for p in hf_dir.iterdir() if p.is_file()})
     model, _, tokenizer = loaded
-    monkeypatch.setitem(model_zoo.FAMILY_ARCHITECTURES, name, model.config)
+    entry = model_zoo.NAMED_MODELS[name]
+    monkeypatch.setitem(model_zoo.NAMED_MODELS, name, dataclasses.replace(entry, architecture=model.config))
     tokens = tokenizer(TEXTS[:3])
-    for args in ((name, "ofa_sys"), (hub_id, None)):
-        named, _, named_tokenizer = clipforge.load(args[0], weights=args[1], offline=True)
-        assert named.record.provenance.weights_tag == "ofa_sys" and named.record.tokenizer.prompt_templates == "chinese"
+    for source in (name, hub_id):
+        named, preprocess, named_tokenizer = clipforge.load(source, offline=True)
+        assert named.record.tokenizer.prompt_templates == "chinese" and preprocess.config.resize_mode == "squash"
         assert torch.equal(named_tokenizer(TEXTS), tokenizer(TEXTS))
         with torch.no_grad():
             assert torch.equal(named.encode_text(tokens), model.encode_text(tokens))
+    # The name stands for its image tower: other weights under it are refused.
+    monkeypatch.setitem(model_zoo.NAMED_MODELS, name, entry)
+    with pytest.raises(clipforge.errors.ClipforgeError, match=name):
+        clipforge.load(name, offline=True)

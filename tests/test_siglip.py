@@ -330,3 +330,59 @@ def test_gemma_tokenizer_ids_match_siglip2_tokenizer_on_real_text(hf2_dir):
     ours = tokenizer(texts)
     mismatched = [texts[i] for i in range(len(texts)) if not torch.equal(ours[i], ref[i])]
     assert not mismatched, mismatched[:5]
+
+
+def test_named_siglip_models_resolve_from_the_hf_cache(tmp_path, monkeypatch, hf_dir):
+    """`load("siglip-base-patch16-224")` finds google/siglip-base-patch16-224 in a Hugging Face cache
+    laid out as huggingface_hub does (offline), and checks the files hold what the name stands for."""
+    import dataclasses
+
+    from test_hub_cache import make_hf_cache
+
+    from clipforge import model_zoo
+    from clipforge.loading import ConfigMismatchError
+
+    assert ("siglip-so400m-patch14-384", "google/siglip-so400m-patch14-384") in clipforge.list_models()
+    entry = model_zoo.NAMED_MODELS["siglip-base-patch16-224"]
+    assert entry.license == "Apache-2.0" and entry.preprocess.resize_mode == "squash"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    files = {p.name: p.read_bytes() for p in hf_dir[2].iterdir() if p.is_file()}
+    make_hf_cache(tmp_path / "hub", entry.hf_hub_id, files)
+    # The cached files are a tiny model, not the released base one: refused, naming both.
+    with pytest.raises(ConfigMismatchError, match="siglip-base-patch16-224"):
+        clipforge.load("siglip-base-patch16-224")
+    tiny = dataclasses.replace(entry, architecture=tiny_config())
+    monkeypatch.setitem(model_zoo.NAMED_MODELS, entry.name, tiny)
+    model, _, tokenizer = clipforge.load("siglip-base-patch16-224")
+    direct = clipforge.load(hf_dir[2])[0]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), direct.state_dict().values()))
+    assert torch.equal(tokenizer(TEXTS[:2]), clipforge.load(hf_dir[2])[2](TEXTS[:2]))
+
+
+def test_onnx_export_of_siglip_at_two_text_lengths(tmp_path, loaded):
+    pytest.importorskip("onnxruntime")
+    from clipforge.export import export_onnx, onnx_parity, onnx_session
+
+    model, _, tokenizer = loaded
+    image_path, text_path = export_onnx(model, tmp_path)
+    diffs = onnx_parity(model, image_path, text_path)
+    print("SigLIP ONNX", diffs)
+    assert diffs["image"] <= 1e-4 and diffs["text"] <= 1e-4, diffs
+    session = onnx_session(text_path)
+    ids = tokenizer(TEXTS[:3])
+    for length in (64, 20):
+        out = session.run(None, {"tokens": ids[:, :length].numpy()})[0]
+        with torch.no_grad():
+            assert _max_diff(torch.from_numpy(out), model.encode_text(ids[:, :length])) <= 1e-4, length
+
+
+def test_convert_siglip_checks_with_transformers(tmp_path, hf_dir):
+    from clipforge.conversion import convert
+
+    report = convert(hf_dir[2], tmp_path / "m.safetensors", "clipforge")
+    assert report.max_abs_diff == 0.0
+    report = convert(tmp_path / "m.safetensors", tmp_path / "hf", "hf")
+    assert report.library_check.startswith("transformers") and "same numbers" in report.library_check
+    with pytest.raises(clipforge.checkpoint_formats.CheckpointError, match="siglip"):
+        convert(hf_dir[2], tmp_path / "m.pt", "openai")

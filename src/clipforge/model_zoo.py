@@ -10,10 +10,11 @@ from a model name, is what lets the loader refuse QuickGELU weights run with GEL
 Values are transcribed from open_clip's `model_configs/*.json` and `pretrained.py` and from
 OpenAI's `clip/clip.py`; `tests/test_model_zoo.py` checks every entry against those sources.
 
-Other families' named models (Chinese-CLIP, open_clip's multilingual XLM-R CLIP) sit in their own
-tables, `FAMILY_ARCHITECTURES` and `FAMILY_WEIGHTS`: CLIP's tables hold `ClipConfig`s only (the
-QuickGELU twins, open_clip's `create_model` and the planner rely on that). `get_architecture`,
-`get_weights`, `list_models` and `lookup_hf_hub_id` read both.
+Other families: released transformers-format repos by name in `NAMED_MODELS` (SigLIP, Chinese-CLIP);
+open_clip-format weights of other families by (architecture, tag), as CLIP's LAION weights, in
+`FAMILY_ARCHITECTURES` and `FAMILY_WEIGHTS` (open_clip's multilingual XLM-R CLIP). CLIP's own
+tables hold `ClipConfig`s only (the QuickGELU twins, open_clip's `create_model` and the planner rely
+on that); `get_architecture`, `get_weights`, `list_models` and `lookup_hf_hub_id` read both.
 
 This module imports neither torch nor huggingface_hub: it is plain data plus lookups.
 """
@@ -35,6 +36,9 @@ from clipforge.configs import (
     ClipConfig,
     PreprocessConfig,
     ResNetConfig,
+    SiglipConfig,
+    SiglipTextConfig,
+    SiglipVisionConfig,
     TextConfig,
     VisionTransformerConfig,
     XlmRobertaClipConfig,
@@ -47,6 +51,8 @@ __all__ = [
     "FAMILY_WEIGHTS",
     "WEIGHTS",
     "HF_HUB_IDS",
+    "NAMED_MODELS",
+    "NamedModel",
     "OPENAI_MODEL_NAMES",
     "FileFormat",
     "WeightsRecord",
@@ -172,23 +178,10 @@ def _unknown(kind: str, name: str, known: list[str]) -> UnknownModelError:
 
 # ---- other families ---------------------------------------------------------------------------------
 
-# Chinese-CLIP's text towers (transformers' configs of OFA-Sys's repos): RoBERTa-wwm-ext base / large.
-_RBT_BASE = BertTextConfig(vocab_size=21128, width=768, layers=12, heads=12, mlp_width=3072)
-_RBT_LARGE = BertTextConfig(vocab_size=21128, width=1024, layers=24, heads=16, mlp_width=4096)
 _XLMR_BASE = XlmRobertaClipConfig().text
 _XLMR_LARGE = dataclasses.replace(_XLMR_BASE, width=1024, layers=24, heads=16, mlp_width=4096)
 
 FAMILY_ARCHITECTURES: dict[str, Any] = {
-    # OFA-Sys/chinese-clip-* (Yang et al. 2022): OpenAI-initialised ViTs (QuickGELU) + Chinese RoBERTa-wwm.
-    "chinese-clip-vit-base-patch16": ChineseClipConfig(
-        embed_dim=512, vision=VisionTransformerConfig(patch_size=16, width=768, layers=12, heads=12), text=_RBT_BASE),
-    "chinese-clip-vit-large-patch14": ChineseClipConfig(
-        embed_dim=768, vision=VisionTransformerConfig(patch_size=14, width=1024, layers=24, heads=16), text=_RBT_BASE),
-    "chinese-clip-vit-large-patch14-336px": ChineseClipConfig(
-        embed_dim=768, vision=VisionTransformerConfig(image_size=336, patch_size=14, width=1024, layers=24, heads=16),
-        text=_RBT_BASE),
-    "chinese-clip-vit-huge-patch14": ChineseClipConfig(
-        embed_dim=1024, vision=VisionTransformerConfig(patch_size=14, width=1280, layers=32, heads=16), text=_RBT_LARGE),
     # open_clip's model_configs/xlm-roberta-*.json (GELU ViTs, mean pooler, "mlp" projection).
     "xlm-roberta-base-ViT-B-32": XlmRobertaClipConfig(
         embed_dim=512, vision=VisionTransformerConfig(patch_size=32, width=768, layers=12, heads=12), text=_XLMR_BASE),
@@ -410,24 +403,9 @@ _RECORDS: list[WeightsRecord] = [_openai(arch, timm, name, sha) for arch, timm, 
 
 WEIGHTS: dict[tuple[str, str], WeightsRecord] = {(r.base_arch, r.tag): r for r in _RECORDS}
 
-_CHINESE_CLIP_SOURCE = "https://arxiv.org/abs/2211.01335 (Yang et al. 2022); https://github.com/OFA-Sys/Chinese-CLIP"
-_CHINESE_CLIP_NOTES = ("transformers ChineseCLIPModel repo; images resized to a square without a crop "
-                       "(preprocessor_config.json); WordPiece tokenizer from the repo's vocab.txt, lower case, "
-                       "52 tokens; zero-shot prompts in Chinese")
 _XLMR_NOTES = ("open_clip hub repo; OpenAI's preprocessing; XLM-R SentencePiece tokenizer (cased, 77 tokens): "
                "sentencepiece.bpe.model next to the weights, else from the FacebookAI/xlm-roberta-* repo "
                "open_clip names")
-
-
-def _chinese_clip(arch: str) -> WeightsRecord:
-    size = FAMILY_ARCHITECTURES[arch].image_size
-    return WeightsRecord(
-        arch=arch, tag="ofa_sys", file_format="hf", activation="quick_gelu",
-        preprocess=PreprocessConfig(image_size=size, mode="hf", resize_mode="squash"),
-        hf_hub_id=f"OFA-Sys/{arch}", hf_filename="pytorch_model.bin", hf_fallback_filenames=("model.safetensors",),
-        layer_norm_eps=1e-12, sot_token_id=101, eot_token_id=102, pad_token_id=0,
-        license="MIT", source=_CHINESE_CLIP_SOURCE, notes=_CHINESE_CLIP_NOTES,
-    )
 
 
 def _xlm_roberta(arch: str, tag: str, hub_id: str, tokenizer_repo: str) -> WeightsRecord:
@@ -442,10 +420,6 @@ def _xlm_roberta(arch: str, tag: str, hub_id: str, tokenizer_repo: str) -> Weigh
 
 # Other families' named weights: (architecture, tag) -> record, as WEIGHTS.
 FAMILY_WEIGHTS: dict[tuple[str, str], WeightsRecord] = {(r.arch, r.tag): r for r in [
-    _chinese_clip("chinese-clip-vit-base-patch16"),
-    _chinese_clip("chinese-clip-vit-large-patch14"),
-    _chinese_clip("chinese-clip-vit-large-patch14-336px"),
-    _chinese_clip("chinese-clip-vit-huge-patch14"),
     _xlm_roberta("xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k", "laion/CLIP-ViT-B-32-xlm-roberta-base-laion5B-s13B-b90k",
                  "FacebookAI/xlm-roberta-base"),
     _xlm_roberta("xlm-roberta-large-ViT-H-14", "frozen_laion5b_s13b_b90k",
@@ -492,9 +466,11 @@ def get_weights(arch: str, tag: str) -> WeightsRecord:
 
 
 def list_models() -> list[tuple[str, str]]:
-    """(architecture, tag) pairs of every named weights (CLIP's, then other families'), architecture
-    spelled as the weights need it."""
-    return [(r.arch, r.tag) for r in [*WEIGHTS.values(), *FAMILY_WEIGHTS.values()]]
+    """(architecture, tag) pairs of every named CLIP weights, architecture spelled as the weights need
+    it; then those of other families' open_clip-style weights (FAMILY_WEIGHTS); then (name, hub id) of
+    every released model of another family (NAMED_MODELS)."""
+    return ([(r.arch, r.tag) for r in [*WEIGHTS.values(), *FAMILY_WEIGHTS.values()]]
+            + [(m.name, m.hf_hub_id) for m in NAMED_MODELS.values()])
 
 
 def describe_tags(arch: str) -> str:
@@ -510,7 +486,7 @@ BUNDLED_MODEL_NAME = "clipforge-mini"
 def suggest_names(name: str) -> str:
     """"did you mean: X, Y?" among every name `clipforge.load` knows (the bundled model, architectures
     in both spellings, hub ids); or where to see them all."""
-    known = [BUNDLED_MODEL_NAME, *ARCHITECTURES, *OPENAI_MODEL_NAMES, *HF_HUB_IDS, *FAMILY_ARCHITECTURES,
+    known = [BUNDLED_MODEL_NAME, *ARCHITECTURES, *OPENAI_MODEL_NAMES, *HF_HUB_IDS, *NAMED_MODELS, *FAMILY_ARCHITECTURES,
              *(r.hf_hub_id for r in [*WEIGHTS.values(), *FAMILY_WEIGHTS.values()] if r.hf_hub_id)]
     close = difflib.get_close_matches(name, list(dict.fromkeys(known)), n=3, cutoff=0.6)
     if not close and "/" in name:  # a hub id: compare within the same organisation
@@ -546,6 +522,102 @@ def lookup_hf_hub_id(hub_id: str) -> Optional[WeightsRecord]:
     return None
 
 
+# ---- other families: released models by name -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A released model of another family (SigLIP, ...), by name: a transformers hub repo whose own
+    files (config.json, weights, tokenizer model, preprocessor_config.json) state every number; the
+    entry says what those files must hold (`architecture`'s image tower is checked against the repo's
+    config when it loads) and documents the rest. `clipforge.load(name)` resolves it through the
+    hub cache like any hub id."""
+
+    name: str
+    hf_hub_id: str
+    architecture: Any  # the family's config (SiglipConfig, ...), as the repo's config.json states it
+    preprocess: PreprocessConfig
+    tokenizer: str  # what the repo's tokenizer files are (the bytes come from the repo, not from here)
+    license: str
+    source: str
+
+    @property
+    def family(self) -> str:
+        return self.architecture.family
+
+
+_SIGLIP_SOURCE = "https://arxiv.org/abs/2303.15343 (Zhai et al. 2023); https://github.com/google-research/big_vision"
+_SIGLIP2_SOURCE = "https://arxiv.org/abs/2502.14786 (Tschannen et al. 2025); https://github.com/google-research/big_vision"
+_SIGLIP_TOKENIZER = "SentencePiece (T5 vocabulary, 32,000; spiece.model), canonicalized (lower case, no punctuation), eos 1, padded to 64 with 1"
+_GEMMA_TOKENIZER = "SentencePiece (Gemma vocabulary, 256,000; tokenizer.model), lower case, padded to 64 with 0"
+# (width, layers, heads, mlp width) of SigLIP's towers; so400m's shapes are the "shape-optimized" ones.
+_SIGLIP_SIZES = {"base": (768, 12, 12, 3072), "large": (1024, 24, 16, 4096), "so400m": (1152, 27, 16, 4304)}
+
+
+def _siglip(name: str, size: str, patch: int, image: int, *, variant: str = "siglip", vocab: int = 32000) -> NamedModel:
+    width, layers, heads, mlp = _SIGLIP_SIZES[size]
+    config = SiglipConfig(
+        embed_dim=width,
+        vision=SiglipVisionConfig(image_size=image, patch_size=patch, width=width, layers=layers, heads=heads, mlp_width=mlp),
+        text=SiglipTextConfig(context_length=64, vocab_size=vocab, width=width, heads=heads, layers=layers, mlp_width=mlp),
+        variant=variant,  # type: ignore[arg-type]
+    )
+    return NamedModel(
+        name=name, hf_hub_id=f"google/{name}", architecture=config, preprocess=config.default_preprocess(),
+        tokenizer=_GEMMA_TOKENIZER if variant == "siglip2" else _SIGLIP_TOKENIZER,
+        license="Apache-2.0", source=_SIGLIP2_SOURCE if variant == "siglip2" else _SIGLIP_SOURCE,
+    )
+
+
+_CHINESE_CLIP_SOURCE = "https://arxiv.org/abs/2211.01335 (Yang et al. 2022); https://github.com/OFA-Sys/Chinese-CLIP"
+_CHINESE_CLIP_TOKENIZER = ("WordPiece (vocab.txt, 21,128: Chinese characters + English wordpieces), lower case, "
+                           "[CLS] ... [SEP] padded to 52 with [PAD] (masked); Chinese prompt templates")
+# Chinese-CLIP's text towers (OFA-Sys's config.json files): RoBERTa-wwm-ext base / large.
+_RBT_BASE = BertTextConfig(vocab_size=21128, width=768, layers=12, heads=12, mlp_width=3072)
+_RBT_LARGE = BertTextConfig(vocab_size=21128, width=1024, layers=24, heads=16, mlp_width=4096)
+
+
+def _chinese_clip(name: str, embed_dim: int, vision: VisionTransformerConfig, text: BertTextConfig) -> NamedModel:
+    """OFA-Sys's transformers repos: OpenAI-initialised ViTs (QuickGELU) + Chinese RoBERTa-wwm; images
+    resized to a square without a crop (their preprocessor_config.json)."""
+    config = ChineseClipConfig(embed_dim=embed_dim, vision=vision, text=text)
+    return NamedModel(
+        name=name, hf_hub_id=f"OFA-Sys/{name}", architecture=config, preprocess=config.default_preprocess(),
+        tokenizer=_CHINESE_CLIP_TOKENIZER, license="MIT", source=_CHINESE_CLIP_SOURCE,
+    )
+
+
+_NAMED: list[NamedModel] = [
+    _siglip("siglip-base-patch16-224", "base", 16, 224),
+    _siglip("siglip-base-patch16-256", "base", 16, 256),
+    _siglip("siglip-base-patch16-384", "base", 16, 384),
+    _siglip("siglip-base-patch16-512", "base", 16, 512),
+    _siglip("siglip-large-patch16-256", "large", 16, 256),
+    _siglip("siglip-large-patch16-384", "large", 16, 384),
+    _siglip("siglip-so400m-patch14-224", "so400m", 14, 224),
+    _siglip("siglip-so400m-patch14-384", "so400m", 14, 384),
+    _siglip("siglip2-base-patch16-224", "base", 16, 224, variant="siglip2", vocab=256000),
+    _siglip("siglip2-base-patch16-256", "base", 16, 256, variant="siglip2", vocab=256000),
+    _siglip("siglip2-base-patch16-384", "base", 16, 384, variant="siglip2", vocab=256000),
+    _siglip("siglip2-large-patch16-256", "large", 16, 256, variant="siglip2", vocab=256000),
+    _siglip("siglip2-large-patch16-384", "large", 16, 384, variant="siglip2", vocab=256000),
+    _siglip("siglip2-so400m-patch14-224", "so400m", 14, 224, variant="siglip2", vocab=256000),
+    _siglip("siglip2-so400m-patch14-384", "so400m", 14, 384, variant="siglip2", vocab=256000),
+]
+_NAMED += [
+    _chinese_clip("chinese-clip-vit-base-patch16", 512, VisionTransformerConfig(patch_size=16, width=768, layers=12, heads=12),
+                  _RBT_BASE),
+    _chinese_clip("chinese-clip-vit-large-patch14", 768,
+                  VisionTransformerConfig(patch_size=14, width=1024, layers=24, heads=16), _RBT_BASE),
+    _chinese_clip("chinese-clip-vit-large-patch14-336px", 768,
+                  VisionTransformerConfig(image_size=336, patch_size=14, width=1024, layers=24, heads=16), _RBT_BASE),
+    _chinese_clip("chinese-clip-vit-huge-patch14", 1024,
+                  VisionTransformerConfig(patch_size=14, width=1280, layers=32, heads=16), _RBT_LARGE),
+]
+# name -> entry; other families' engineers add their released models here.
+NAMED_MODELS: dict[str, NamedModel] = {m.name: m for m in _NAMED}
+
+
 # ---- documentation ---------------------------------------------------------------------------------
 
 
@@ -555,6 +627,11 @@ def _fmt_triple(values: tuple[float, float, float]) -> str:
     if tuple(values) == OPENAI_STD:
         return "OpenAI std"
     return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def _variant(model: NamedModel) -> str:
+    variant = getattr(model.architecture, "variant", None)
+    return f" ({variant})" if variant else ""
 
 
 def weights_table_markdown() -> str:
@@ -580,5 +657,8 @@ def weights_table_markdown() -> str:
         f"{r.preprocess.resize_mode} | `{r.hf_hub_id}` | {r.license} | {r.notes} |"
         for r in FAMILY_WEIGHTS.values()
     ]
+    named_header = "\n\n| name | family | hub id | image | tokenizer | licence |\n|---|---|---|---|---|---|\n"
+    named_rows = [f"| `{m.name}` | {m.family}{_variant(m)} | `{m.hf_hub_id}` | {m.preprocess.image_size} "
+                  f"{m.preprocess.resize_mode} | {m.tokenizer} | {m.license} |" for m in NAMED_MODELS.values()]
     return (header + "\n".join(rows) + hf_header + "\n".join(hf_rows) + family_header + "\n".join(family_rows)
-            + "\n")
+            + named_header + "\n".join(named_rows) + "\n")

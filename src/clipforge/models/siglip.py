@@ -25,6 +25,7 @@ from torch import nn
 from clipforge.configs import Activation, ModelRecord, SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 from clipforge.errors import InvalidInputError
 from clipforge.models.family import ImageOutput, Towers, check_towers, image_tokens, require_tower
+from clipforge.models.text_transformer import TextOutput
 from clipforge.nn import LayerNorm, Transformer
 from clipforge.nn.layers import MLP
 
@@ -198,6 +199,13 @@ class SiglipModel(nn.Module):
         require_tower(self, "text")
         features = self.text.forward_full(tokens)[2]
         return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text_full(self, tokens: torch.Tensor, output_hidden_states: bool = False) -> TextOutput:
+        """Per-token states and the pooled embedding (`TextOutput`, as CLIP's): last_hidden_state after
+        ln_final, pooled = its last position, text_embeds = the head's output; hidden states before ln_final."""
+        require_tower(self, "text")
+        last, pooled, embeds, hidden = self.text.forward_full(tokens, output_hidden_states)
+        return TextOutput(last, pooled, embeds, hidden)
 
     def example_tokens(self, batch: int = 2, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """[batch, context] ids shaped like the tokenizer's output (words, eos 1, padding 1): for
