@@ -158,6 +158,24 @@ def test_parity_with_transformers(hf_dir, loaded):
     assert (text[0] - text[1]).abs().max() > 1e-3
 
 
+def test_text_hidden_states_match_transformers(hf_dir, loaded):
+    """encode_text_full: per-token states as transformers' ChineseCLIPTextModel gives them (real tokens;
+    what padding positions hold is the model's business in both), embeddings equal to encode_text."""
+    from transformers import ChineseCLIPModel
+
+    model, _, tokenizer = loaded
+    reference = ChineseCLIPModel.from_pretrained(hf_dir).eval()
+    tokens = tokenizer(TEXTS[:4])
+    real = tokens != tokenizer.pad_token_id
+    with torch.no_grad():
+        out = model.encode_text_full(tokens, output_hidden_states=True)
+        theirs = reference.text_model(input_ids=tokens, attention_mask=real.long(), output_hidden_states=True)
+        assert torch.equal(out.text_embeds, model.encode_text(tokens))
+    assert len(out.hidden_states) == len(theirs.hidden_states) == 3
+    for ours, want in zip([*out.hidden_states, out.last_hidden_state], [*theirs.hidden_states, theirs.last_hidden_state]):
+        assert (ours - want)[real].abs().max().item() <= 1e-5
+
+
 def test_preprocess_matches_image_processor(hf_dir, loaded):
     import numpy as np
     from PIL import Image
@@ -295,3 +313,20 @@ def test_named_model_resolves_from_the_hf_cache(tmp_path, monkeypatch, hf_dir, l
     monkeypatch.setitem(model_zoo.NAMED_MODELS, name, entry)
     with pytest.raises(clipforge.errors.ClipforgeError, match=name):
         clipforge.load(name, offline=True)
+
+
+def test_convert_to_transformers_and_onnx_export(tmp_path, hf_dir, loaded):
+    """`clipforge convert --to hf` checks the written directory with transformers (which needs the
+    padding mask the model names); the ONNX text graph masks padding too (texts of different lengths)."""
+    from clipforge.conversion import convert
+
+    report = convert(hf_dir, tmp_path / "hf", "hf")
+    assert report.max_abs_diff == 0 and "reads the same numbers" in report.library_check, report
+    pytest.importorskip("onnxruntime")
+    from clipforge.export import export_onnx, onnx_parity
+
+    model, _, tokenizer = loaded
+    image_path, text_path = export_onnx(model, tmp_path / "onnx")
+    diffs = onnx_parity(model, image_path, text_path, tokens=tokenizer(TEXTS[:4]))
+    print("chinese-clip onnx max abs diff:", diffs)
+    assert max(diffs.values()) <= 1e-4, diffs

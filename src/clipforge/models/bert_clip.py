@@ -21,6 +21,7 @@ from torch import nn
 from clipforge.configs import ChineseClipConfig, ModelRecord, XlmRobertaClipConfig
 from clipforge.models.bert_text import BertTextEncoder, example_tokens
 from clipforge.models.family import ImageOutput, Towers, check_towers, image_tokens, require_tower
+from clipforge.models.text_transformer import TextOutput
 from clipforge.models.vision_transformer import VisionTransformer
 
 
@@ -84,6 +85,21 @@ class BertClipModel(nn.Module):
         require_tower(self, "text")
         features = self.project_text(self.text(tokens))
         return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text_full(self, tokens: torch.Tensor, output_hidden_states: bool = False) -> TextOutput:
+        """Per-token states and the embedding (`TextOutput`, as CLIP's): last_hidden_state = the last
+        block's output (BERT has no final norm), pooled = the tower's summary ([CLS] or the mean over
+        real tokens), text_embeds = its projection; hidden_states = [embeddings, block 1, ..., block L]."""
+        require_tower(self, "text")
+        hidden: Optional[list[torch.Tensor]] = [] if output_hidden_states else None
+        last, real = self.text.forward_tokens(tokens, hidden)
+        pooled = self.text.pool(last, real)
+        return TextOutput(last, pooled, self.project_text(pooled), hidden)
+
+    def text_attention_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[batch, length] 1 at real tokens, 0 at padding: the mask this model applies, which the
+        reference libraries' BERT towers must be given to read the same ids the same way."""
+        return (tokens != self.config.text.pad_token_id).long()
 
     def example_tokens(self, batch: int = 2, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """[batch, context] ids shaped like real text (start id, random ids, end id, padding)."""

@@ -67,8 +67,12 @@ class BertTextEncoder(nn.Module):
             return torch.cumsum(real.long(), dim=1) * real.long() + self.cfg.pad_token_id
         return torch.arange(real.shape[1], device=real.device).expand_as(real)
 
-    def forward_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(last hidden states [batch, length, width], real-token mask [batch, length])."""
+    def forward_tokens(
+        self, tokens: torch.Tensor, hidden_states: Optional[list[torch.Tensor]] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last hidden states [batch, length, width], real-token mask [batch, length]). With a list
+        `hidden_states`, appends the embeddings (after their LayerNorm) and each block's output
+        (transformers' BERT `hidden_states`)."""
         if tokens.dim() != 2:
             raise InvalidInputError(f"tokens must be [batch, length], got shape {tuple(tokens.shape)}")
         if tokens.shape[1] > self.cfg.max_positions - (self.cfg.pad_token_id + 1 if self.cfg.positions == "roberta" else 0):
@@ -80,12 +84,19 @@ class BertTextEncoder(nn.Module):
         x = self.ln_embed(x)  # [batch, length, width]
         # Padding is never attended to; a padding query still attends to the real tokens (as transformers).
         key_mask = real[:, None, None, :]  # [batch, 1, 1, length]
+        if hidden_states is not None:
+            hidden_states.append(x)
         for block in self.layers:
             x = block(x, key_mask)
+            if hidden_states is not None:
+                hidden_states.append(x)
         return x, real
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x, real = self.forward_tokens(tokens)
+        return self.pool(*self.forward_tokens(tokens))
+
+    def pool(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Last hidden states [batch, length, width] -> the text's summary [batch, width]."""
         if self.cfg.pooling == "first":
             return x[:, 0]  # [CLS]: [batch, width]
         weights = real.to(x.dtype).unsqueeze(-1)  # [batch, length, 1]
