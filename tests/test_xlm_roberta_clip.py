@@ -9,6 +9,7 @@ Unigram model trained in the test on generated multilingual text (Chinese includ
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import random
@@ -194,3 +195,15 @@ def test_named_weights_from_the_hf_cache_with_the_tokenizer_repo(tmp_path, monke
     tokens = tokenizer(TEXTS[:3])
     with torch.no_grad():
         assert torch.equal(model.encode_text(tokens), direct.encode_text(tokens))
+
+
+def test_key_maps_invert_and_fit_open_clip(reference, tiny_tower):
+    """canonical -> open_clip keys load strictly into open_clip's own model, and map back exactly."""
+    oc_model, _, hub = reference
+    model, _, _ = clipforge.load(hub)
+    canonical = model.state_dict()
+    as_open_clip = xlm_roberta.canonical_to_open_clip(canonical)
+    missing, unexpected = copy.deepcopy(oc_model).load_state_dict(as_open_clip, strict=False)
+    assert not unexpected and all(k.endswith("position_ids") for k in missing), (missing, unexpected)
+    back = xlm_roberta.open_clip_to_canonical(as_open_clip)
+    assert back.keys() == canonical.keys() and all(torch.equal(back[k], canonical[k]) for k in back)

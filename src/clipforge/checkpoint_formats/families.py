@@ -148,7 +148,7 @@ XLM_ROBERTA_CLIP_LAYOUT = FamilyLayout(
     check_config_limits=lambda cfg, source="config": xlm_roberta.check_limits(cfg, source),
     describe=xlm_roberta.describe,
     readers={"open_clip": xlm_roberta.open_clip_to_canonical, "clipforge": dict},
-    writers={"open_clip": xlm_roberta.canonical_to_open_clip, "clipforge": dict},
+    writers={"clipforge": dict},  # reading open_clip's layout only: clipforge does not write open_clip files of other families
     detect_format=xlm_roberta.detect_format,
     infer_config=xlm_roberta.infer_config,
     read_hf_tokenizer=xlm_roberta.read_tokenizer,
