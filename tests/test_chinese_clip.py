@@ -330,3 +330,17 @@ def test_convert_to_transformers_and_onnx_export(tmp_path, hf_dir, loaded):
     diffs = onnx_parity(model, image_path, text_path, tokens=tokenizer(TEXTS[:4]))
     print("chinese-clip onnx max abs diff:", diffs)
     assert max(diffs.values()) <= 1e-4, diffs
+
+
+def test_bad_inputs_are_named(loaded):
+    model, _, tokenizer = loaded
+    with pytest.raises(clipforge.errors.InvalidInputError, match="pixels must be"):
+        model.encode_image(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(clipforge.errors.InvalidInputError, match="position table"):
+        model.encode_text(torch.ones(1, 65, dtype=torch.long))  # over the 64 positions of the tiny config
+    with pytest.raises(clipforge.errors.InvalidInputError, match="truncate"):
+        tokenizer(["猫" * 80], truncate=False)
+    from clipforge.text.wordpiece import WordPieceTokenizer
+
+    with pytest.raises(clipforge.errors.InvalidInputError, match="special token"):
+        WordPieceTokenizer("a\nb\n".encode())

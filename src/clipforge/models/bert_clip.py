@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipforge.configs import ChineseClipConfig, ModelRecord, XlmRobertaClipConfig
+from clipforge.errors import InvalidInputError
 from clipforge.models.bert_text import BertTextEncoder, example_tokens
 from clipforge.models.family import ImageOutput, Towers, check_towers, image_tokens, require_tower
 from clipforge.models.text_transformer import TextOutput
@@ -64,15 +65,22 @@ class BertClipModel(nn.Module):
             self.visual.transformer.grad_checkpointing = enable  # the BERT tower runs without it
 
     # ---- image tower -------------------------------------------------------------------------
+    def check_pixels(self, pixels: torch.Tensor) -> None:
+        size = self.config.image_size
+        if pixels.dim() != 4 or tuple(pixels.shape[1:]) != (3, size, size):
+            raise InvalidInputError(f"pixels must be [batch, 3, {size}, {size}], got shape {tuple(pixels.shape)}")
+
     def encode_image(self, pixels: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """[batch, 3, S, S] normalized pixels -> [batch, embed_dim] image embeddings."""
         require_tower(self, "image")
+        self.check_pixels(pixels)
         features = self.visual(pixels.to(self.dtype))
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_image_full(self, pixels: torch.Tensor, output_hidden_states: bool = False) -> ImageOutput:
         """Tokens and embedding of the image tower (see `ImageOutput`; CLIP's ViT conventions)."""
         require_tower(self, "image")
+        self.check_pixels(pixels)
         last, pooled, embeds, hidden = self.visual.forward_full(pixels.to(self.dtype), output_hidden_states)
         return ImageOutput(last, pooled, embeds, hidden, num_prefix_tokens=1)
 
