@@ -386,3 +386,11 @@ def test_convert_siglip_checks_with_transformers(tmp_path, hf_dir):
     assert report.library_check.startswith("transformers") and "same numbers" in report.library_check
     with pytest.raises(clipforge.checkpoint_formats.CheckpointError, match="siglip"):
         convert(hf_dir[2], tmp_path / "m.pt", "openai")
+
+
+def test_inspect_names_a_siglip_directory(hf_dir):
+    from clipforge.inspection import inspect_path
+
+    result = inspect_path(hf_dir[2])
+    assert result.format == "hf" and "siglip model" in result.summary
+    assert any("spiece.model" in n for n in result.notes)

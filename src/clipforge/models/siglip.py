@@ -153,6 +153,7 @@ class SiglipModel(nn.Module):
         self.text = SiglipTextTransformer(config.text, config.embed_dim, act, eps) if towers != "image" else None
         self.logit_scale = nn.Parameter(torch.tensor(10.0).log())  # big_vision's init: temperature 10, bias -10
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))
+        self.initialize_parameters()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -170,7 +171,7 @@ class SiglipModel(nn.Module):
                 continue
             if p.dim() >= 2:
                 nn.init.normal_(p, std=0.02)
-            elif name.endswith("weight") and ("ln" in name):
+            elif name.endswith("weight") and name.split(".")[-2].startswith("ln"):  # LayerNorm scales
                 nn.init.ones_(p)
             else:
                 nn.init.zeros_(p)
