@@ -344,3 +344,23 @@ def test_bad_inputs_are_named(loaded):
 
     with pytest.raises(clipforge.errors.InvalidInputError, match="special token"):
         WordPieceTokenizer("a\nb\n".encode())
+
+
+@pytest.mark.parametrize("change", [
+    {"text_config": {"num_hidden_layers": 10**9}},
+    {"text_config": {"hidden_size": "wide"}},
+    {"vision_config": {"hidden_act": "swish"}},
+    {"text_config": {"num_attention_heads": 7}},
+])
+def test_untrusted_config_is_refused_by_name(tmp_path, hf_dir, change):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(hf_dir, bad)
+    config = json.loads((bad / "config.json").read_text())
+    for section, values in change.items():
+        config[section].update(values)
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(clipforge.errors.ClipforgeError) as info:
+        clipforge.load(bad)
+    assert "config.json" in str(info.value) and "\n" not in str(info.value)
