@@ -121,7 +121,9 @@ def test_weights_keys_and_arch_names() -> None:
         assert record.arch == (base + "-quickgelu" if record.activation == "quick_gelu" else base)
         assert record.preprocess.image_size == ARCHITECTURES[base].image_size
         assert record.model_config().activation == record.activation
-    assert list_models() == [(r.arch, r.tag) for r in WEIGHTS.values()] + [(m.name, m.hf_hub_id) for m in model_zoo.NAMED_MODELS.values()]
+    # CLIP's weights, other families' open_clip-style weights (FAMILY_WEIGHTS), then released models by name.
+    assert list_models() == ([(r.arch, r.tag) for r in [*WEIGHTS.values(), *model_zoo.FAMILY_WEIGHTS.values()]]
+                             + [(m.name, m.hf_hub_id) for m in model_zoo.NAMED_MODELS.values()])
     assert {tag for _, tag in WEIGHTS if tag == "openai"} and len(WEIGHTS) >= 18
 
 
@@ -242,3 +244,29 @@ def test_importing_zoo_and_cache_imports_neither_torch_nor_hub() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
     assert model_zoo.__name__ == "clipforge.model_zoo"
+
+
+def test_family_records_match_open_clip(open_clip) -> None:
+    """The multilingual entries read as open_clip's own model configs and name its hub repos."""
+    from clipforge.checkpoint_formats.xlm_roberta import open_clip_config_to_config
+    from clipforge.model_zoo import FAMILY_ARCHITECTURES, FAMILY_WEIGHTS
+
+    assert set(FAMILY_WEIGHTS) == {("xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k"),
+                                   ("xlm-roberta-large-ViT-H-14", "frozen_laion5b_s13b_b90k")}
+    for (arch, tag), record in FAMILY_WEIGHTS.items():
+        assert get_weights(arch, tag) is record and record.license and record.notes
+        assert record.preprocess.image_size == FAMILY_ARCHITECTURES[arch].image_size
+        assert FAMILY_ARCHITECTURES[arch] == open_clip_config_to_config(open_clip.get_model_config(arch))
+        ref = open_clip.get_pretrained_cfg(arch, tag)
+        assert record.hf_hub_id == ref["hf_hub"].rstrip("/") and record.preprocess.mean == tuple(ref["mean"])
+        assert record.tokenizer_file[0] == "FacebookAI/" + open_clip.get_model_config(arch)["text_cfg"]["hf_tokenizer_name"]
+        assert lookup_hf_hub_id(record.hf_hub_id) is record
+
+
+def test_chinese_clip_named_models() -> None:
+    for name in ("chinese-clip-vit-base-patch16", "chinese-clip-vit-large-patch14",
+                 "chinese-clip-vit-large-patch14-336px", "chinese-clip-vit-huge-patch14"):
+        entry = model_zoo.NAMED_MODELS[name]
+        assert entry.hf_hub_id == f"OFA-Sys/{name}" and entry.family == "chinese_clip" and entry.license == "MIT"
+        assert entry.preprocess.resize_mode == "squash" and entry.preprocess.image_size == entry.architecture.image_size
+        assert entry.architecture.text.context_length == 52 and entry.architecture.vision_activation == "quick_gelu"

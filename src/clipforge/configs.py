@@ -141,6 +141,120 @@ class ClipConfig:
 
 
 @dataclass(frozen=True)
+class BertTextConfig:
+    """A BERT-style text encoder (Devlin et al. 2019): post-LayerNorm blocks, bidirectional attention
+    masked at padding, learned word + position + token-type embeddings. Chinese-CLIP's RoBERTa-wwm
+    (BERT's layout) and XLM-RoBERTa (open_clip's multilingual tower) are both this."""
+
+    vocab_size: int = 21128
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_width: int = 3072
+    max_positions: int = 512  # rows of the position table
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    activation: Activation = "gelu"  # BERT's GELU is the exact (erf) one
+    pad_token_id: int = 0
+    context_length: int = 52  # what the tokenizer pads to (Chinese-CLIP trains at 52)
+    # "absolute": position i is row i (BERT). "roberta": RoBERTa/XLM-R's ids, counting real tokens
+    # from pad_token_id + 1, padding at pad_token_id (transformers' create_position_ids_from_input_ids).
+    positions: Literal["absolute", "roberta"] = "absolute"
+    # "first": the first token's last hidden state (Chinese-CLIP: [CLS], no BERT pooler).
+    # "mean": the mean over non-padding tokens (open_clip's MeanPooler).
+    pooling: Literal["first", "mean"] = "first"
+
+
+@dataclass(frozen=True)
+class ChineseClipConfig:
+    """Chinese-CLIP (Yang et al. 2022; transformers' ChineseCLIPModel): CLIP's ViT image tower, a
+    Chinese RoBERTa-wwm text tower pooled at [CLS], both projected (no bias) into one space;
+    softmax over texts at a learned temperature, as CLIP."""
+
+    family: ClassVar[str] = "chinese_clip"
+
+    embed_dim: int = 512
+    vision: VisionTransformerConfig = field(default_factory=lambda: VisionTransformerConfig(patch_size=16))
+    text: BertTextConfig = field(default_factory=BertTextConfig)
+    vision_activation: Activation = "quick_gelu"  # OpenAI's ViT weights, which Chinese-CLIP starts from
+    vision_layer_norm_eps: float = 1e-5
+
+    @property
+    def image_size(self) -> int:
+        return self.vision.image_size
+
+    def replace(self, **changes: Any) -> "ChineseClipConfig":
+        return dataclasses.replace(self, **changes)
+
+    def default_preprocess(self) -> "PreprocessConfig":
+        # The released weights resize straight to a square (preprocessor_config.json: no crop).
+        return PreprocessConfig(image_size=self.image_size, mode="hf", resize_mode="squash")
+
+    def default_tokenizer(self) -> "TokenizerConfig":
+        # The vocabulary (vocab.txt) must come with the weights: `model` stays None here.
+        return TokenizerConfig(kind="wordpiece", context_length=self.text.context_length,
+                               pad_token_id=self.text.pad_token_id, clean="lower", prompt_templates="chinese")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ChineseClipConfig":
+        d = dict(d)
+        family = d.pop("family", cls.family)
+        if family != cls.family:
+            raise InvalidInputError(f"a {family!r} architecture is not a {cls.__name__}")
+        return cls(vision=VisionTransformerConfig(**d.pop("vision")), text=BertTextConfig(**d.pop("text")), **d)
+
+
+@dataclass(frozen=True)
+class XlmRobertaClipConfig:
+    """open_clip's multilingual CLIP (`xlm-roberta-base-ViT-B-32`, HFTextEncoder): CLIP's ViT image
+    tower, an XLM-RoBERTa text tower mean-pooled over real tokens, then open_clip's "mlp" projection
+    (Linear, exact GELU, Linear; no biases); softmax over texts at a learned temperature."""
+
+    family: ClassVar[str] = "xlm_roberta_clip"
+
+    embed_dim: int = 512
+    vision: VisionTransformerConfig = field(default_factory=VisionTransformerConfig)
+    text: BertTextConfig = field(default_factory=lambda: BertTextConfig(
+        vocab_size=250002, max_positions=514, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1,
+        context_length=77, positions="roberta", pooling="mean"))
+    vision_activation: Activation = "gelu"  # open_clip's ViT-B-32 without QuickGELU
+    vision_layer_norm_eps: float = 1e-5
+
+    @property
+    def image_size(self) -> int:
+        return self.vision.image_size
+
+    @property
+    def projection_hidden(self) -> int:
+        return (self.text.width + self.embed_dim) // 2  # open_clip's "mlp" proj width
+
+    def replace(self, **changes: Any) -> "XlmRobertaClipConfig":
+        return dataclasses.replace(self, **changes)
+
+    def default_preprocess(self) -> "PreprocessConfig":
+        return PreprocessConfig(image_size=self.image_size)
+
+    def default_tokenizer(self) -> "TokenizerConfig":
+        # XLM-R's sentencepiece.bpe.model must come with the weights: `model` stays None here.
+        return TokenizerConfig(kind="xlm_roberta", context_length=self.text.context_length, pad_token_id=1,
+                               bos_token_id=0, eos_token_id=2)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "XlmRobertaClipConfig":
+        d = dict(d)
+        family = d.pop("family", cls.family)
+        if family != cls.family:
+            raise InvalidInputError(f"a {family!r} architecture is not a {cls.__name__}")
+        return cls(vision=VisionTransformerConfig(**d.pop("vision")), text=BertTextConfig(**d.pop("text")), **d)
+
+
+@dataclass(frozen=True)
 class PreprocessConfig:
     """How an image becomes the model's input tensor (OpenAI's pipeline by default)."""
 
@@ -158,8 +272,8 @@ class PreprocessConfig:
     resize_mode: Literal["shortest", "squash"] = "shortest"
 
 
-TokenizerKind = Literal["clip_bpe", "sentencepiece"]
-TOKENIZER_KINDS: tuple[str, ...] = ("clip_bpe", "sentencepiece")
+TokenizerKind = Literal["clip_bpe", "sentencepiece", "wordpiece", "xlm_roberta"]
+TOKENIZER_KINDS: tuple[str, ...] = ("clip_bpe", "sentencepiece", "wordpiece", "xlm_roberta")
 TextClean = Literal["none", "lower", "canonicalize"]
 
 
@@ -172,7 +286,11 @@ class TokenizerConfig:
     which travel with the weights) run by the sentencepiece library after `clean`; `bos_token_id`
     before the text and `eos_token_id` after it (kept when a long text is truncated), then padding
     with `pad_token_id` to `context_length` (always: SigLIP pools at the last position, so the
-    padding is part of what it reads).
+    padding is part of what it reads). kind "wordpiece": BERT's WordPiece over `model` = vocab.txt's
+    bytes (Chinese-CLIP), run by the tokenizers library; `clean` "lower" lower-cases and strips
+    accents (do_lower_case), "none" keeps case; [CLS] ... [SEP], padded with [PAD]. kind "xlm_roberta":
+    XLM-R's SentencePiece model (`model` = sentencepiece.bpe.model) with fairseq's ids; <s> ... </s>,
+    padded with <pad> (1). Both pad to `context_length`; their models mask padding out.
     """
 
     kind: TokenizerKind = "clip_bpe"
@@ -191,6 +309,9 @@ class TokenizerConfig:
     # The tokenizer model file itself (SentencePiece's serialized proto). Not part of `to_dict()`:
     # each format stores the bytes in its own way (docs/families.md) and `model_sha256` ties them to the record.
     model: Optional[bytes] = field(default=None, repr=False, compare=False)
+    # The name of the prompt-template set (tasks.templates.TEMPLATE_SETS) zero-shot uses when none is
+    # given: the language the text tower was trained in ("openai": OpenAI's English; "chinese").
+    prompt_templates: str = "openai"
 
     def __post_init__(self) -> None:
         if self.kind not in TOKENIZER_KINDS:
@@ -410,6 +531,8 @@ class ArchitectureConfig(Protocol):
 # family name -> its architecture config class. A new family adds one line here (docs/families.md).
 ARCHITECTURE_CONFIGS: dict[str, type] = {
     "clip": ClipConfig,
+    "chinese_clip": ChineseClipConfig,
+    "xlm_roberta_clip": XlmRobertaClipConfig,
     "siglip": SiglipConfig,
 }
 

@@ -90,8 +90,13 @@ def check_with_target_library(model: ClipModel, destination: Path, to: str, rtol
             reference = transformers.AutoModel.from_pretrained(destination).eval()
             name = f"transformers {transformers.__version__}"
 
+            # Models whose text tower masks padding (BERT-style: Chinese-CLIP) say which mask transformers
+            # must be given; CLIP and SigLIP read every position as transformers does without one.
+            mask = getattr(model, "text_attention_mask", None)
+            text_inputs = {"input_ids": tokens, **({} if mask is None else {"attention_mask": mask(tokens)})}
+
             def features(m: Any) -> tuple[torch.Tensor, torch.Tensor]:
-                image, text = m.get_image_features(pixel_values=pixels), m.get_text_features(input_ids=tokens)
+                image, text = m.get_image_features(pixel_values=pixels), m.get_text_features(**text_inputs)
                 unwrap = lambda x: x if torch.is_tensor(x) else x.pooler_output  # noqa: E731 (transformers 5 returns outputs)
                 return unwrap(image), unwrap(text)
         elif to == "open_clip" and destination.is_dir():

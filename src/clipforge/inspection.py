@@ -285,7 +285,8 @@ def _inspect_dir(path: Path) -> Inspection:
                 config = read_json(path / "config.json", "config.json")
                 result.notes = [f"config.json: model_type {config.get('model_type')!r}"] + [
                     f"{n} present" for n in ("preprocessor_config.json", "tokenizer_config.json", "vocab.json",
-                                             "spiece.model", "tokenizer.model") if (path / n).exists()]
+                                             "spiece.model", "tokenizer.model", "vocab.txt",
+                                             "sentencepiece.bpe.model") if (path / n).exists()]
             return result
     raise CheckpointError(f"{path}: a folder with no checkpoint clipforge reads (no model_index.json, "
                           "model.safetensors, pytorch_model.bin or open_clip_model.safetensors)")

@@ -223,7 +223,7 @@ def build_text_encoder(
 
 
 def _is_architecture(name: str) -> bool:
-    return name in model_zoo.ARCHITECTURES or name in model_zoo.OPENAI_MODEL_NAMES
+    return model_zoo.is_architecture(name)
 
 
 RANDOM_WEIGHTS = "none"  # weights="none": a randomly initialised model, asked for on purpose
@@ -256,17 +256,47 @@ def _load_named(
         )
     config = model_zoo.get_architecture(weights.arch)
     path = hub_cache.resolve_weights_file(weights, cache_dir=cache_dir, offline=offline)
-    checkpoint = read_checkpoint(path, tower=tower)
+    # Other families' hub repos keep their tokenizer (and config) files next to the weights: read the
+    # folder (a hub snapshot), as loading the repo by its hub id does.
+    checkpoint = read_checkpoint(path if isinstance(config, ClipConfig) else path.parent, tower=tower)
     model = _model_from_checkpoint(checkpoint, config, source=f"{weights.arch} ({tag}) from {path}",
                                    allow_nonfinite=allow_nonfinite, tower=tower)
-    return model, _zoo_record(weights, config, checkpoint.format, str(path))
+    if checkpoint.tokenizer is None and weights.tokenizer_file is not None:
+        checkpoint.tokenizer = _tokenizer_from_repo(weights, checkpoint.family, cache_dir=cache_dir, offline=offline)
+    return model, _zoo_record(weights, config, checkpoint.format, str(path), checkpoint)
 
 
-def _zoo_record(weights: "model_zoo.WeightsRecord", config: ClipConfig, source_format: str, source: str) -> ModelRecord:
+def _tokenizer_from_repo(
+    weights: "model_zoo.WeightsRecord", family: str, *, cache_dir: Optional[Union[str, Path]], offline: Optional[bool],
+) -> Optional[TokenizerConfig]:
+    """The tokenizer file a zoo record names in another hub repo (found like a weights file: cache first),
+    read by the family's reader of tokenizer files; None when the family reads none."""
+    from clipforge import hub_cache
+    from clipforge.checkpoint_formats import family_layout
+
+    read = family_layout(family).read_hf_tokenizer
+    if read is None or weights.tokenizer_file is None:
+        return None
+    repo, filename = weights.tokenizer_file
+    file_record = dataclasses.replace(weights, hf_hub_id=repo, hf_filename=filename, hf_fallback_filenames=(),
+                                      url=None, sha256=None)
+    return read(hub_cache.resolve_weights_file(file_record, cache_dir=cache_dir, offline=offline).parent)
+
+
+def _zoo_record(
+    weights: "model_zoo.WeightsRecord", config: Any, source_format: str, source: str,
+    checkpoint: Optional[Checkpoint] = None,
+) -> ModelRecord:
+    if isinstance(config, ClipConfig):
+        tokenizer = TokenizerConfig(context_length=config.text.context_length, pad_token_id=weights.pad_token_id)
+    else:
+        # Other families' tokenizers run a file that comes with the weights (vocab.txt, a SentencePiece
+        # model); without it the family's default names what is missing when the tokenizer is built.
+        tokenizer = (checkpoint.tokenizer if checkpoint is not None else None) or config.default_tokenizer()
     return ModelRecord(
         architecture=config,
         preprocess=weights.preprocess,
-        tokenizer=TokenizerConfig(context_length=config.text.context_length, pad_token_id=weights.pad_token_id),
+        tokenizer=tokenizer,
         provenance=Provenance(source_format, source, weights.sha256, weights.tag, weights.arch),
     )
 
@@ -294,7 +324,7 @@ def _load_hub_id(
     config = model_zoo.get_architecture(arch) if isinstance(arch, str) else arch
     model = _model_from_checkpoint(checkpoint, config, source=f"{hub_id} ({directory})", allow_nonfinite=allow_nonfinite,
                                    tower=tower)
-    record = _zoo_record(weights, model.config, checkpoint.format, hub_id)
+    record = _zoo_record(weights, model.config, checkpoint.format, hub_id, checkpoint)
     # What the repo's own files say wins over the zoo's entry (they are what transformers reads).
     if checkpoint.preprocess is not None:
         record = record.replace(preprocess=checkpoint.preprocess)

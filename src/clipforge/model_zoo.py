@@ -10,6 +10,12 @@ from a model name, is what lets the loader refuse QuickGELU weights run with GEL
 Values are transcribed from open_clip's `model_configs/*.json` and `pretrained.py` and from
 OpenAI's `clip/clip.py`; `tests/test_model_zoo.py` checks every entry against those sources.
 
+Other families: released transformers-format repos by name in `NAMED_MODELS` (SigLIP, Chinese-CLIP);
+open_clip-format weights of other families by (architecture, tag), as CLIP's LAION weights, in
+`FAMILY_ARCHITECTURES` and `FAMILY_WEIGHTS` (open_clip's multilingual XLM-R CLIP). CLIP's own
+tables hold `ClipConfig`s only (the QuickGELU twins, open_clip's `create_model` and the planner rely
+on that); `get_architecture`, `get_weights`, `list_models` and `lookup_hf_hub_id` read both.
+
 This module imports neither torch nor huggingface_hub: it is plain data plus lookups.
 """
 
@@ -25,6 +31,8 @@ from clipforge.configs import (
     OPENAI_MEAN,
     OPENAI_STD,
     Activation,
+    BertTextConfig,
+    ChineseClipConfig,
     ClipConfig,
     PreprocessConfig,
     ResNetConfig,
@@ -33,11 +41,14 @@ from clipforge.configs import (
     SiglipVisionConfig,
     TextConfig,
     VisionTransformerConfig,
+    XlmRobertaClipConfig,
 )
 from clipforge.errors import ClipforgeError, InvalidInputError
 
 __all__ = [
     "ARCHITECTURES",
+    "FAMILY_ARCHITECTURES",
+    "FAMILY_WEIGHTS",
     "WEIGHTS",
     "HF_HUB_IDS",
     "NAMED_MODELS",
@@ -165,18 +176,39 @@ def _unknown(kind: str, name: str, known: list[str]) -> UnknownModelError:
     return UnknownModelError(f"unknown {kind} {name!r}; {hint}")
 
 
-def get_architecture(name: str) -> ClipConfig:
-    """The `ClipConfig` of an architecture name (open_clip's naming, or OpenAI's "ViT-B/32" names)."""
+# ---- other families ---------------------------------------------------------------------------------
+
+_XLMR_BASE = XlmRobertaClipConfig().text
+_XLMR_LARGE = dataclasses.replace(_XLMR_BASE, width=1024, layers=24, heads=16, mlp_width=4096)
+
+FAMILY_ARCHITECTURES: dict[str, Any] = {
+    # open_clip's model_configs/xlm-roberta-*.json (GELU ViTs, mean pooler, "mlp" projection).
+    "xlm-roberta-base-ViT-B-32": XlmRobertaClipConfig(
+        embed_dim=512, vision=VisionTransformerConfig(patch_size=32, width=768, layers=12, heads=12), text=_XLMR_BASE),
+    "xlm-roberta-large-ViT-H-14": XlmRobertaClipConfig(
+        embed_dim=1024, vision=VisionTransformerConfig(patch_size=14, width=1280, layers=32, heads=16),
+        text=_XLMR_LARGE),
+}
+
+
+def get_architecture(name: str) -> Any:
+    """The config of an architecture name: a `ClipConfig` for CLIP's (open_clip's naming, or OpenAI's
+    "ViT-B/32" names), another family's config for FAMILY_ARCHITECTURES names."""
     name = OPENAI_MODEL_NAMES.get(name, name)
     try:
-        return ARCHITECTURES[name]
+        return ARCHITECTURES[name] if name in ARCHITECTURES else FAMILY_ARCHITECTURES[name]
     except KeyError:
-        raise _unknown("architecture", name, list(ARCHITECTURES)) from None
+        raise _unknown("architecture", name, [*ARCHITECTURES, *FAMILY_ARCHITECTURES]) from None
 
 
-def architecture_name(config: ClipConfig) -> Optional[str]:
+def is_architecture(name: str) -> bool:
+    """True for every named architecture, any family, either spelling."""
+    return name in ARCHITECTURES or name in OPENAI_MODEL_NAMES or name in FAMILY_ARCHITECTURES
+
+
+def architecture_name(config: Any) -> Optional[str]:
     """The name of the named architecture equal to `config`, or None (a custom shape)."""
-    return next((name for name, known in ARCHITECTURES.items() if known == config), None)
+    return next((name for name, known in {**ARCHITECTURES, **FAMILY_ARCHITECTURES}.items() if known == config), None)
 
 
 def list_architectures() -> list[str]:
@@ -215,11 +247,15 @@ class WeightsRecord:
     pad_token_id: int = 0
     license: str = ""
     source: str = ""  # paper / model card
+    notes: str = ""  # what else a user should know: preprocessing, the tokenizer files the repo must hold
+    # (hub repo, file name) of a tokenizer file kept in another repo than the weights: open_clip's
+    # multilingual repos name their tokenizer by hub name (hf_tokenizer_name) instead of holding it.
+    tokenizer_file: Optional[tuple[str, str]] = None
 
     def __post_init__(self) -> None:
         # Fail at definition time if the record contradicts its own architecture name.
         arch_cfg = get_architecture(self.arch)
-        if arch_cfg.activation != self.activation:
+        if isinstance(arch_cfg, ClipConfig) and arch_cfg.activation != self.activation:
             raise InvalidInputError(
                 f"{self.arch}/{self.tag}: activation {self.activation!r} differs from the arch's "
                 f"{arch_cfg.activation!r}"
@@ -247,9 +283,12 @@ class WeightsRecord:
         """The format of a resolved file: the URL's file is OpenAI's archive, hub files are `file_format`."""
         return self.url_file_format if os.path.basename(path) == self.url_filename else self.file_format
 
-    def model_config(self) -> ClipConfig:
-        """The architecture's config with this record's numerics and special tokens applied."""
+    def model_config(self) -> Any:
+        """The architecture's config with this record's numerics and special tokens applied (CLIP's;
+        other families' configs state their numerics themselves and come back as they are)."""
         cfg = get_architecture(self.arch)
+        if not isinstance(cfg, ClipConfig):
+            return cfg
         text = dataclasses.replace(
             cfg.text, sot_token_id=self.sot_token_id, eot_token_id=self.eot_token_id, pad_token_id=self.pad_token_id
         )
@@ -364,6 +403,29 @@ _RECORDS: list[WeightsRecord] = [_openai(arch, timm, name, sha) for arch, timm, 
 
 WEIGHTS: dict[tuple[str, str], WeightsRecord] = {(r.base_arch, r.tag): r for r in _RECORDS}
 
+_XLMR_NOTES = ("open_clip hub repo; OpenAI's preprocessing; XLM-R SentencePiece tokenizer (cased, 77 tokens): "
+               "sentencepiece.bpe.model next to the weights, else from the FacebookAI/xlm-roberta-* repo "
+               "open_clip names")
+
+
+def _xlm_roberta(arch: str, tag: str, hub_id: str, tokenizer_repo: str) -> WeightsRecord:
+    return WeightsRecord(
+        arch=arch, tag=tag, file_format="open_clip", activation="gelu",
+        preprocess=PreprocessConfig(image_size=FAMILY_ARCHITECTURES[arch].image_size),
+        hf_hub_id=hub_id, hf_filename=_OPEN_CLIP_FILES[0], hf_fallback_filenames=_OPEN_CLIP_FILES[1:],
+        sot_token_id=0, eot_token_id=2, pad_token_id=1, license="MIT", source=_LAION_SOURCE, notes=_XLMR_NOTES,
+        tokenizer_file=(tokenizer_repo, "sentencepiece.bpe.model"),
+    )
+
+
+# Other families' named weights: (architecture, tag) -> record, as WEIGHTS.
+FAMILY_WEIGHTS: dict[tuple[str, str], WeightsRecord] = {(r.arch, r.tag): r for r in [
+    _xlm_roberta("xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k", "laion/CLIP-ViT-B-32-xlm-roberta-base-laion5B-s13B-b90k",
+                 "FacebookAI/xlm-roberta-base"),
+    _xlm_roberta("xlm-roberta-large-ViT-H-14", "frozen_laion5b_s13b_b90k",
+                 "laion/CLIP-ViT-H-14-frozen-xlm-roberta-large-laion5B-s13B-b90k", "FacebookAI/xlm-roberta-large"),
+]}
+
 # transformers-format repos (config.json + model.safetensors / pytorch_model.bin) -> (base arch, tag).
 # Lets `load("openai/clip-vit-large-patch14")` know the model and its numerics before reading files.
 HF_HUB_IDS: dict[str, tuple[str, str]] = {
@@ -393,11 +455,11 @@ def get_weights(arch: str, tag: str) -> WeightsRecord:
     The returned record's `arch` names the activation the weights need, whichever spelling was asked.
     """
     base = _base_name(OPENAI_MODEL_NAMES.get(arch, arch))
-    if base not in ARCHITECTURES:
-        raise _unknown("architecture", arch, list(ARCHITECTURES))
-    record = WEIGHTS.get((base, _clean_tag(tag)))
+    if base not in ARCHITECTURES and base not in FAMILY_ARCHITECTURES:
+        raise _unknown("architecture", arch, [*ARCHITECTURES, *FAMILY_ARCHITECTURES])
+    record = WEIGHTS.get((base, _clean_tag(tag))) or FAMILY_WEIGHTS.get((base, _clean_tag(tag)))
     if record is None:
-        tags = [t for (a, t) in WEIGHTS if a == base]
+        tags = [t for (a, t) in [*WEIGHTS, *FAMILY_WEIGHTS] if a == base]
         known = f"known tags for {base}: {', '.join(tags)}" if tags else f"no named weights are known for {base}"
         raise UnknownModelError(f"unknown weights tag {tag!r} for {arch!r}; {known}")
     return record
@@ -405,14 +467,16 @@ def get_weights(arch: str, tag: str) -> WeightsRecord:
 
 def list_models() -> list[tuple[str, str]]:
     """(architecture, tag) pairs of every named CLIP weights, architecture spelled as the weights need
-    it; then (name, hub id) of every released model of another family (NAMED_MODELS)."""
-    return [(r.arch, r.tag) for r in WEIGHTS.values()] + [(m.name, m.hf_hub_id) for m in NAMED_MODELS.values()]
+    it; then those of other families' open_clip-style weights (FAMILY_WEIGHTS); then (name, hub id) of
+    every released model of another family (NAMED_MODELS)."""
+    return ([(r.arch, r.tag) for r in [*WEIGHTS.values(), *FAMILY_WEIGHTS.values()]]
+            + [(m.name, m.hf_hub_id) for m in NAMED_MODELS.values()])
 
 
 def describe_tags(arch: str) -> str:
     """"one of 'openai', 'laion2b_s34b_b79k'" (the weights tags known for `arch`), or that none are."""
     base = _base_name(OPENAI_MODEL_NAMES.get(arch, arch))
-    tags = [t for (a, t) in WEIGHTS if a == base]
+    tags = [t for (a, t) in [*WEIGHTS, *FAMILY_WEIGHTS] if a == base]
     return "one of " + ", ".join(repr(t) for t in tags) if tags else f"(no named weights are known for {base})"
 
 
@@ -422,8 +486,8 @@ BUNDLED_MODEL_NAME = "clipforge-mini"
 def suggest_names(name: str) -> str:
     """"did you mean: X, Y?" among every name `clipforge.load` knows (the bundled model, architectures
     in both spellings, hub ids); or where to see them all."""
-    known = [BUNDLED_MODEL_NAME, *ARCHITECTURES, *OPENAI_MODEL_NAMES, *HF_HUB_IDS, *NAMED_MODELS,
-             *(r.hf_hub_id for r in WEIGHTS.values() if r.hf_hub_id)]
+    known = [BUNDLED_MODEL_NAME, *ARCHITECTURES, *OPENAI_MODEL_NAMES, *HF_HUB_IDS, *NAMED_MODELS, *FAMILY_ARCHITECTURES,
+             *(r.hf_hub_id for r in [*WEIGHTS.values(), *FAMILY_WEIGHTS.values()] if r.hf_hub_id)]
     close = difflib.get_close_matches(name, list(dict.fromkeys(known)), n=3, cutoff=0.6)
     if not close and "/" in name:  # a hub id: compare within the same organisation
         org = name.split("/")[0].lower()
@@ -452,7 +516,7 @@ def lookup_hf_hub_id(hub_id: str) -> Optional[WeightsRecord]:
             preprocess=dataclasses.replace(record.preprocess, mode="hf"),
             pad_token_id=_HF_PAD_TOKEN_ID.get(hub_id.split("/")[0], record.pad_token_id),
         )
-    for record in WEIGHTS.values():
+    for record in [*WEIGHTS.values(), *FAMILY_WEIGHTS.values()]:
         if record.hf_hub_id == hub_id:
             return record
     return None
@@ -505,6 +569,24 @@ def _siglip(name: str, size: str, patch: int, image: int, *, variant: str = "sig
     )
 
 
+_CHINESE_CLIP_SOURCE = "https://arxiv.org/abs/2211.01335 (Yang et al. 2022); https://github.com/OFA-Sys/Chinese-CLIP"
+_CHINESE_CLIP_TOKENIZER = ("WordPiece (vocab.txt, 21,128: Chinese characters + English wordpieces), lower case, "
+                           "[CLS] ... [SEP] padded to 52 with [PAD] (masked); Chinese prompt templates")
+# Chinese-CLIP's text towers (OFA-Sys's config.json files): RoBERTa-wwm-ext base / large.
+_RBT_BASE = BertTextConfig(vocab_size=21128, width=768, layers=12, heads=12, mlp_width=3072)
+_RBT_LARGE = BertTextConfig(vocab_size=21128, width=1024, layers=24, heads=16, mlp_width=4096)
+
+
+def _chinese_clip(name: str, embed_dim: int, vision: VisionTransformerConfig, text: BertTextConfig) -> NamedModel:
+    """OFA-Sys's transformers repos: OpenAI-initialised ViTs (QuickGELU) + Chinese RoBERTa-wwm; images
+    resized to a square without a crop (their preprocessor_config.json)."""
+    config = ChineseClipConfig(embed_dim=embed_dim, vision=vision, text=text)
+    return NamedModel(
+        name=name, hf_hub_id=f"OFA-Sys/{name}", architecture=config, preprocess=config.default_preprocess(),
+        tokenizer=_CHINESE_CLIP_TOKENIZER, license="MIT", source=_CHINESE_CLIP_SOURCE,
+    )
+
+
 _NAMED: list[NamedModel] = [
     _siglip("siglip-base-patch16-224", "base", 16, 224),
     _siglip("siglip-base-patch16-256", "base", 16, 256),
@@ -522,6 +604,16 @@ _NAMED: list[NamedModel] = [
     _siglip("siglip2-so400m-patch14-224", "so400m", 14, 224, variant="siglip2", vocab=256000),
     _siglip("siglip2-so400m-patch14-384", "so400m", 14, 384, variant="siglip2", vocab=256000),
 ]
+_NAMED += [
+    _chinese_clip("chinese-clip-vit-base-patch16", 512, VisionTransformerConfig(patch_size=16, width=768, layers=12, heads=12),
+                  _RBT_BASE),
+    _chinese_clip("chinese-clip-vit-large-patch14", 768,
+                  VisionTransformerConfig(patch_size=14, width=1024, layers=24, heads=16), _RBT_BASE),
+    _chinese_clip("chinese-clip-vit-large-patch14-336px", 768,
+                  VisionTransformerConfig(image_size=336, patch_size=14, width=1024, layers=24, heads=16), _RBT_BASE),
+    _chinese_clip("chinese-clip-vit-huge-patch14", 1024,
+                  VisionTransformerConfig(patch_size=14, width=1280, layers=32, heads=16), _RBT_LARGE),
+]
 # name -> entry; other families' engineers add their released models here.
 NAMED_MODELS: dict[str, NamedModel] = {m.name: m for m in _NAMED}
 
@@ -535,6 +627,11 @@ def _fmt_triple(values: tuple[float, float, float]) -> str:
     if tuple(values) == OPENAI_STD:
         return "OpenAI std"
     return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def _variant(model: NamedModel) -> str:
+    variant = getattr(model.architecture, "variant", None)
+    return f" ({variant})" if variant else ""
 
 
 def weights_table_markdown() -> str:
@@ -554,7 +651,14 @@ def weights_table_markdown() -> str:
         )
     hf_header = "\n\n| transformers-format hub id | arch | tag |\n|---|---|---|\n"
     hf_rows = [f"| `{hub_id}` | `{WEIGHTS[key].arch}` | `{key[1]}` |" for hub_id, key in HF_HUB_IDS.items()]
+    family_header = "\n\n| other families: arch | tag | family | image | Hugging Face hub | licence | notes |\n|---|---|---|---|---|---|---|\n"
+    family_rows = [
+        f"| `{r.arch}` | `{r.tag}` | {FAMILY_ARCHITECTURES[r.arch].family} | {r.preprocess.image_size} "
+        f"{r.preprocess.resize_mode} | `{r.hf_hub_id}` | {r.license} | {r.notes} |"
+        for r in FAMILY_WEIGHTS.values()
+    ]
     named_header = "\n\n| name | family | hub id | image | tokenizer | licence |\n|---|---|---|---|---|---|\n"
-    named_rows = [f"| `{m.name}` | {m.family} ({m.architecture.variant}) | `{m.hf_hub_id}` | {m.preprocess.image_size} squash "
-                  f"| {m.tokenizer} | {m.license} |" for m in NAMED_MODELS.values()]
-    return header + "\n".join(rows) + hf_header + "\n".join(hf_rows) + named_header + "\n".join(named_rows) + "\n"
+    named_rows = [f"| `{m.name}` | {m.family}{_variant(m)} | `{m.hf_hub_id}` | {m.preprocess.image_size} "
+                  f"{m.preprocess.resize_mode} | {m.tokenizer} | {m.license} |" for m in NAMED_MODELS.values()]
+    return (header + "\n".join(rows) + hf_header + "\n".join(hf_rows) + family_header + "\n".join(family_rows)
+            + named_header + "\n".join(named_rows) + "\n")

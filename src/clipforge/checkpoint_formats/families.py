@@ -18,8 +18,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from ..configs import ClipConfig, ModelRecord, SiglipConfig, TokenizerConfig
-from . import siglip
+from ..configs import ChineseClipConfig, ClipConfig, ModelRecord, SiglipConfig, TokenizerConfig, XlmRobertaClipConfig
+from . import chinese_clip, siglip, xlm_roberta
 from .errors import CheckpointError
 from .hf import canonical_to_hf, clip_config_to_hf_config, hf_config_to_clip_config, hf_to_canonical
 from .infer_config import Shape
@@ -120,6 +120,42 @@ CLIP_LAYOUT = FamilyLayout(
     open_clip_config_to_config=open_clip_config_to_clip_config,
 )
 
+CHINESE_CLIP_LAYOUT = FamilyLayout(
+    family="chinese_clip",
+    config_type=ChineseClipConfig,
+    canonical_layout="CLIP's ViT under visual., a BERT tower under text., text_projection, logit_scale",
+    expected_shapes=chinese_clip.expected_shapes,
+    check_config=chinese_clip.check_config,
+    check_config_limits=lambda cfg, source="config": chinese_clip.check_limits(cfg, source),
+    describe=chinese_clip.describe,
+    readers={"hf": chinese_clip.hf_to_canonical_chinese_clip, "clipforge": dict},
+    writers={"hf": chinese_clip.canonical_to_hf_chinese_clip, "clipforge": dict},
+    detect_format=chinese_clip.detect_format,
+    hf_model_types=("chinese_clip",),
+    hf_config_to_config=chinese_clip.hf_config_to_config,
+    config_to_hf_config=chinese_clip.config_to_hf_config,
+    read_hf_tokenizer=chinese_clip.read_hf_tokenizer,
+    write_hf_files=chinese_clip.write_hf_files,
+)
+
+
+XLM_ROBERTA_CLIP_LAYOUT = FamilyLayout(
+    family="xlm_roberta_clip",
+    config_type=XlmRobertaClipConfig,
+    canonical_layout="CLIP's ViT under visual., an XLM-R tower under text., text_projection.{0,2}, logit_scale",
+    expected_shapes=xlm_roberta.expected_shapes,
+    check_config=xlm_roberta.check_config,
+    check_config_limits=lambda cfg, source="config": xlm_roberta.check_limits(cfg, source),
+    describe=xlm_roberta.describe,
+    readers={"open_clip": xlm_roberta.open_clip_to_canonical, "clipforge": dict},
+    writers={"clipforge": dict},  # reading open_clip's layout only: clipforge does not write open_clip files of other families
+    detect_format=xlm_roberta.detect_format,
+    infer_config=xlm_roberta.infer_config,
+    read_hf_tokenizer=xlm_roberta.read_tokenizer,
+    is_open_clip_config=xlm_roberta.is_open_clip_config,
+    open_clip_config_to_config=xlm_roberta.open_clip_config_to_config,
+)
+
 SIGLIP_LAYOUT = FamilyLayout(
     family="siglip",
     config_type=SiglipConfig,
@@ -144,6 +180,8 @@ SIGLIP_LAYOUT = FamilyLayout(
 # family name -> its layouts. CLIP is last in detection order: it is the fallback for unknown keys.
 FAMILY_LAYOUTS: dict[str, FamilyLayout] = {
     "clip": CLIP_LAYOUT,
+    "chinese_clip": CHINESE_CLIP_LAYOUT,
+    "xlm_roberta_clip": XLM_ROBERTA_CLIP_LAYOUT,
     "siglip": SIGLIP_LAYOUT,
 }
 

@@ -347,7 +347,10 @@ def _read_directory(path: Path, skip: Skip = None) -> Checkpoint:
                     preprocess = _open_clip_preprocess(config_path, preprocess_cfg, cfg.image_size)
             if family is None:
                 family, _ = detect_family(list(tensors))
-            return Checkpoint(tensors, "open_clip", None, source, cfg, preprocess=preprocess, family=family)
+            # Tokenizer files saved next to the weights (open_clip's hub directories of HF-text-tower models).
+            read_tokenizer = family_layout(family).read_hf_tokenizer
+            return Checkpoint(tensors, "open_clip", None, source, cfg, preprocess=preprocess, family=family,
+                              tokenizer=read_tokenizer(path) if read_tokenizer is not None else None)
     raise CheckpointError(
         f"{source}: a directory without a transformers config.json + weights or open_clip weights "
         f"(looked for {list(_HF_WEIGHTS) + list(_OPEN_CLIP_WEIGHTS)})"

@@ -32,6 +32,7 @@ EXAMPLE = """examples:
   clipforge classify photos/*.jpg --labels-file imagenet.txt --model ViT-B-32.pt --templates simple \\
       --save-classifier imagenet-b32.safetensors --json
   clipforge classify more/*.jpg --classifier imagenet-b32.safetensors --model ViT-B-32.pt --top-k 1
+  clipforge classify photo.jpg --model OFA-Sys/chinese-clip-vit-base-patch16 --labels "猫,狗"
 
 IMAGE may be files, folders (searched recursively), glob patterns or list files. Prompts: each label
 is put into every template ("a photo of a {}.") and the text embeddings are averaged, as in
@@ -57,9 +58,10 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     labels.add_argument("--labels", help='comma-separated labels, e.g. "cat,dog,owl"')
     labels.add_argument("--labels-file", metavar="FILE", help="text file with one label per line")
     p.add_argument(
-        "--templates", default="openai", metavar="openai|simple|none|FILE",
-        help="prompt templates: OpenAI's 80 ImageNet templates (default), their 7-template subset, "
-             "the bare label, or a file with one '{}' template per line",
+        "--templates", default=None, metavar="openai|simple|chinese|none|FILE",
+        help="prompt templates: OpenAI's 80 ImageNet templates, their 7-template subset, Chinese ones, "
+             "the bare label, or a file with one '{}' template per line (default: the model's own: "
+             "OpenAI's for CLIP, Chinese for Chinese-CLIP)",
     )
     p.add_argument("--top-k", type=int, default=5, help="labels shown per image (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
@@ -72,7 +74,13 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipforge.tasks.zero_shot import ZeroShotClassifier, build_classifier, classify
+    from clipforge.tasks.zero_shot import (
+        ZeroShotClassifier,
+        build_classifier,
+        classify,
+        model_templates,
+        resolve_templates,
+    )
 
     if args.top_k < 1:
         raise InvalidInputError(f"--top-k must be >= 1, got {args.top_k}")
@@ -85,9 +93,10 @@ def run(args: argparse.Namespace) -> int:
         if args.labels is None and args.labels_file is None:
             raise InvalidInputError("give the labels: --labels \"cat,dog,owl\", --labels-file FILE or --classifier FILE")
         labels = read_list(args.labels, args.labels_file, "labels")
-        templates = templates_option(args.templates)
         model, preprocess, tokenizer = load_model(args)
-        show_progress = sys.stderr.isatty() and len(labels) * len(templates) > args.batch_size
+        templates = templates_option(args.templates) if args.templates is not None else None
+        n_templates = len(resolve_templates(model_templates(model) if templates is None else templates))
+        show_progress = sys.stderr.isatty() and len(labels) * n_templates > args.batch_size
         classifier = build_classifier(
             model, tokenizer, labels, templates, batch_size=args.batch_size, progress=show_progress
         )

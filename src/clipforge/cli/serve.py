@@ -51,8 +51,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="per-request time limit in seconds (default 30)")
     p.add_argument("--allow-urls", action="store_true",
                    help="accept image_url: fetch public http(s) addresses only (never loopback, private, link-local)")
-    p.add_argument("--templates", default="openai", metavar="openai|simple|none|FILE",
-                   help="prompt templates for /api/classify (default openai: OpenAI's 80; as `clipforge classify`)")
+    p.add_argument("--templates", default=None, metavar="openai|simple|chinese|none|FILE",
+                   help="prompt templates for /api/classify (default: the model's own, OpenAI's 80 for CLIP; "
+                        "as `clipforge classify`)")
     p.add_argument("--backend", choices=("exact", "faiss-ivf", "faiss-hnsw"), default="exact",
                    help="search backend (default exact; FAISS needs faiss-cpu)")
     p.add_argument("--max-batch", type=int, default=32, help="most queries the model encodes at once (default 32)")
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from clipforge.serve.app import ServeOptions, check_bind, run_server
     from clipforge.serve.service import Limits, SearchService
     from clipforge.tasks.search import SearchIndex
+    from clipforge.tasks.zero_shot import model_templates
 
     token = args.token
     if args.token_file is not None:
@@ -87,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     model, preprocess, tokenizer = load_index_model(args, index)
     name = str(reference["name_or_path"]) + (f" ({reference['weights']})" if reference.get("weights") else "")
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels)
-    service = SearchService(index, model, preprocess, tokenizer, model_name=name, templates=templates_option(args.templates),
+    templates = templates_option(args.templates if args.templates is not None else model_templates(model))
+    service = SearchService(index, model, preprocess, tokenizer, model_name=name, templates=templates,
                             backend=args.backend, limits=limits, max_batch=args.max_batch,
                             max_wait=args.max_wait_ms / 1000)
     options = ServeOptions(token=token, timeout=args.timeout, allow_urls=args.allow_urls, threads=args.threads)

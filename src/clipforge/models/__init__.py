@@ -7,8 +7,9 @@ for any config.
 
 from typing import Any
 
-from clipforge.configs import ClipConfig, SiglipConfig
+from clipforge.configs import ChineseClipConfig, ClipConfig, SiglipConfig, XlmRobertaClipConfig
 from clipforge.errors import InvalidInputError
+from clipforge.models.bert_clip import ChineseClipModel, XlmRobertaClipModel
 from clipforge.models.clip_model import ClipModel, ClipOutput
 from clipforge.models.family import ImageOutput, TowerNotLoadedError, Towers, image_tokens
 from clipforge.models.modified_resnet import ModifiedResNet
@@ -19,6 +20,8 @@ from clipforge.models.vision_transformer import VisionTransformer
 # architecture config class -> model class. A new family adds one line here (docs/families.md).
 MODEL_CLASSES: dict[type, type] = {
     ClipConfig: ClipModel,
+    ChineseClipConfig: ChineseClipModel,
+    XlmRobertaClipConfig: XlmRobertaClipModel,
     SiglipConfig: SiglipModel,
 }
 
@@ -39,7 +42,9 @@ def build_model(config: Any, towers: Towers = "both") -> Any:
 
 __all__ = [
     "MODEL_CLASSES",
+    "ChineseClipModel",
     "ClipModel",
+    "XlmRobertaClipModel",
     "ClipOutput",
     "CausalTextTransformer",
     "ImageOutput",

@@ -12,7 +12,7 @@ Each template is a `str.format` string with one `{}` for the label, as in OpenAI
 
 from __future__ import annotations
 
-__all__ = ["OPENAI_IMAGENET_TEMPLATES", "SIMPLE_TEMPLATES", "TEMPLATE_SETS"]
+__all__ = ["CHINESE_TEMPLATES", "OPENAI_IMAGENET_TEMPLATES", "SIMPLE_TEMPLATES", "TEMPLATE_SETS"]
 
 OPENAI_IMAGENET_TEMPLATES: tuple[str, ...] = (
     'a bad photo of a {}.',
@@ -107,9 +107,23 @@ SIMPLE_TEMPLATES: tuple[str, ...] = (
     'a photo of the small {}.',
 )
 
+# For models whose text tower was trained on Chinese (Chinese-CLIP): a short set in the manner of
+# Chinese-CLIP's own ImageNet templates (github.com/OFA-Sys/Chinese-CLIP, cn_clip/eval), which
+# translate OpenAI's. A model's record names its default set (TokenizerConfig.prompt_templates).
+CHINESE_TEMPLATES: tuple[str, ...] = (
+    '{}的照片。',
+    '一张{}的照片。',
+    '一张清晰的{}的照片。',
+    '一张模糊的{}的照片。',
+    '{}的特写照片。',
+    '一幅{}的画。',
+    '{}的黑白照片。',
+)
+
 # Names the CLI (`--templates`) and `build_classifier(templates="...")` accept. "none": the label as is.
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "openai": OPENAI_IMAGENET_TEMPLATES,
     "simple": SIMPLE_TEMPLATES,
     "none": ("{}",),
+    "chinese": CHINESE_TEMPLATES,
 }

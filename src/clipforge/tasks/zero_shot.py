@@ -25,9 +25,9 @@ import torch.nn.functional as F
 
 from clipforge.encoding import encode_pixels, encode_texts, model_device
 from clipforge.errors import InvalidInputError
-from clipforge.tasks.templates import OPENAI_IMAGENET_TEMPLATES, TEMPLATE_SETS
+from clipforge.tasks.templates import TEMPLATE_SETS
 
-__all__ = ["ZeroShotClassifier", "build_classifier", "classify", "probabilities", "resolve_templates"]
+__all__ = ["ZeroShotClassifier", "build_classifier", "classify", "model_templates", "probabilities", "resolve_templates"]
 
 # Written into saved files so that a wrong file is recognised instead of misread.
 _FORMAT = "clipforge.zero_shot_classifier"
@@ -150,16 +150,28 @@ def resolve_templates(templates: Templates) -> list[str]:
     return templates
 
 
+def model_templates(model: torch.nn.Module) -> str:
+    """The name of the template set a model's record asks for (OpenAI's when it names none)."""
+    record = getattr(model, "record", None)
+    name = getattr(getattr(record, "tokenizer", None), "prompt_templates", "openai")
+    if name not in TEMPLATE_SETS:
+        raise InvalidInputError(f"the model's record names template set {name!r}; known: {', '.join(TEMPLATE_SETS)}")
+    return name
+
+
 @torch.no_grad()
 def build_classifier(
     model: torch.nn.Module,
     tokenizer: Callable[[list[str]], torch.Tensor],
     labels: Sequence[str],
-    templates: Templates = OPENAI_IMAGENET_TEMPLATES,
+    templates: Optional[Templates] = None,
     batch_size: int = 256,
     progress: bool = True,
 ) -> ZeroShotClassifier:
     """Embed `labels` x `templates` with the model's text tower and average per label (OpenAI's recipe).
+
+    `templates` None: the set the model's record names (`record.tokenizer.prompt_templates`: OpenAI's
+    80 English templates for CLIP, Chinese ones for Chinese-CLIP), so labels and prompts share a language.
 
     Texts of all labels are encoded together, `batch_size` at a time (per-row results do not depend
     on the batching). The returned weights are float32 on the model's device.
@@ -172,7 +184,7 @@ def build_classifier(
         raise InvalidInputError(f"duplicate labels: {duplicates}")
     if batch_size < 1:
         raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
-    templates = resolve_templates(templates)
+    templates = resolve_templates(model_templates(model) if templates is None else templates)
     texts = [t.format(label) for label in labels for t in templates]  # label-major: [label0 x templates, ...]
 
     per_text = encode_texts(model, tokenizer, texts, batch_size=batch_size, progress=progress, desc="encoding label texts")

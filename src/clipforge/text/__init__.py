@@ -55,10 +55,46 @@ def _sentencepiece(config: TokenizerConfig) -> Any:
                                   eos_token_id=config.eos_token_id, bos_token_id=config.bos_token_id, clean=config.clean)
 
 
+class MissingTokenizerFile(MissingTokenizer):
+    """`MissingTokenizer` naming the file a kind needs (vocab.txt, sentencepiece.bpe.model)."""
+
+    def __init__(self, config: TokenizerConfig, file: str) -> None:
+        super().__init__(config)
+        self.file = file
+
+    def _missing(self) -> MissingTokenizerError:
+        return MissingTokenizerError(
+            f"this model's tokenizer file ({self.file}) did not come with its weights: load it from a directory "
+            "or clipforge file that holds it"
+        )
+
+
+def _wordpiece(config: TokenizerConfig) -> Any:
+    from clipforge.text.wordpiece import WordPieceTokenizer
+
+    if config.model is None:
+        return MissingTokenizerFile(config, "vocab.txt")
+    tokenizer = WordPieceTokenizer(config.model, context_length=config.context_length, lowercase=config.clean != "none")
+    if tokenizer.pad_token_id != config.pad_token_id:
+        raise InvalidInputError(f"the record pads with id {config.pad_token_id}, the vocabulary's [PAD] is "
+                                f"{tokenizer.pad_token_id}")
+    return tokenizer
+
+
+def _xlm_roberta(config: TokenizerConfig) -> Any:
+    from clipforge.text.xlm_roberta import XlmRobertaTokenizer
+
+    if config.model is None:
+        return MissingTokenizerFile(config, "sentencepiece.bpe.model")
+    return XlmRobertaTokenizer(config.model, context_length=config.context_length)
+
+
 # TokenizerConfig.kind -> constructor.
 TOKENIZER_BUILDERS: dict[str, Callable[[TokenizerConfig], Any]] = {
     "clip_bpe": _clip_bpe,
     "sentencepiece": _sentencepiece,
+    "wordpiece": _wordpiece,
+    "xlm_roberta": _xlm_roberta,
 }
 
 

@@ -89,6 +89,14 @@ def clean(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip().lower()
 
 
+def clean_keep_case(text: str) -> str:
+    """open_clip's HFTokenizer clean-up (its default clean="whitespace"): OpenAI's without the
+    lower-casing, for case-sensitive tokenizers (XLM-R)."""
+    text = ftfy.fix_text(text)
+    text = _unescape(_unescape(text)).strip()
+    return " ".join(text.split())
+
+
 # Where a long text may be cut so that its prefix yields exactly its leading words. Plain text:
 # at any whitespace (nothing acts across it). Other text: only after a line feed, because
 # ftfy.fix_text fixes lines as independent segments, and nothing later in the pipeline (entities,
