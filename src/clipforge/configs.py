@@ -140,6 +140,77 @@ class ClipConfig:
         return cls(vision=vision_cfg, text=TextConfig(**d.pop("text")), **d)
 
 
+# ---- EVA-CLIP (open_clip's EVA02 models) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvaVisionConfig:
+    """EVA-02's ViT (Fang et al. 2023), the image tower of open_clip's EVA02-* models (timm's
+    `eva02_*_clip_*`): class token + learned absolute positions, 2D rotary position embeddings on the
+    patch tokens of q and k, separate q/k/v projections (k without bias), a LayerNorm on the attention
+    output before its projection, a SwiGLU MLP with a LayerNorm inside (sub-LN), LayerNorm eps 1e-6,
+    a final LayerNorm, class-token pooling and a linear head (with bias) into the joint space."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_width: int = 2048  # each of SwiGLU's two input branches: int(width * 8 / 3) for EVA02
+    rope_ref_grid: int = 16  # timm's ref_feat_shape: rope positions are scaled onto this grid
+    rope_temperature: float = 10000.0
+    layer_norm_eps: float = 1e-6
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class EvaClipConfig:
+    """open_clip's EVA02-CLIP (Sun et al. 2023): an EVA-02 image tower and open_clip's causal text
+    tower (GELU, pooled at the end token), softmax over the texts at a learned temperature."""
+
+    family: ClassVar[str] = "eva_clip"
+
+    embed_dim: int = 512
+    vision: EvaVisionConfig = field(default_factory=EvaVisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    activation: Activation = "gelu"  # the text tower's
+    layer_norm_eps: float = 1e-5  # the text tower's
+    init_logit_scale: float = 2.6592600929051215
+    max_logit_scale: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.activation not in ("quick_gelu", "gelu"):
+            raise InvalidInputError(f"activation must be 'quick_gelu' or 'gelu', got {self.activation!r}")
+
+    @property
+    def image_size(self) -> int:
+        return self.vision.image_size
+
+    def replace(self, **changes: Any) -> "EvaClipConfig":
+        return dataclasses.replace(self, **changes)
+
+    def default_preprocess(self) -> "PreprocessConfig":
+        """EVA-CLIP was trained with OpenAI's mean/std and bicubic resizing (open_clip's pretrained cfg)."""
+        return PreprocessConfig(image_size=self.image_size)
+
+    def default_tokenizer(self) -> "TokenizerConfig":
+        return TokenizerConfig(context_length=self.text.context_length)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvaClipConfig":
+        d = dict(d)
+        family = d.pop("family", cls.family)
+        if family != cls.family:
+            raise InvalidInputError(f"a {family!r} architecture is not an EvaClipConfig")
+        return cls(vision=EvaVisionConfig(**d.pop("vision")), text=TextConfig(**d.pop("text")), **d)
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """How an image becomes the model's input tensor (OpenAI's pipeline by default)."""
@@ -314,6 +385,7 @@ class ArchitectureConfig(Protocol):
 # family name -> its architecture config class. A new family adds one line here (docs/families.md).
 ARCHITECTURE_CONFIGS: dict[str, type] = {
     "clip": ClipConfig,
+    "eva_clip": EvaClipConfig,
 }
 
 

@@ -18,7 +18,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from ..configs import ClipConfig, ModelRecord, TokenizerConfig
+from ..configs import ClipConfig, EvaClipConfig, ModelRecord, TokenizerConfig
+from . import eva
 from .errors import CheckpointError
 from .hf import canonical_to_hf, clip_config_to_hf_config, hf_config_to_clip_config, hf_to_canonical
 from .infer_config import Shape
@@ -119,9 +120,27 @@ CLIP_LAYOUT = FamilyLayout(
     open_clip_config_to_config=open_clip_config_to_clip_config,
 )
 
+# EVA02-CLIP (open_clip's EVA02-* models): eva.py.
+EVA_CLIP_LAYOUT = FamilyLayout(
+    family="eva_clip",
+    config_type=EvaClipConfig,
+    canonical_layout="CLIP's text tower (OpenAI's names) + timm's EVA names under visual.",
+    expected_shapes=eva.expected_shapes,
+    check_config=eva.check_config,
+    check_config_limits=eva.check_config_limits,
+    describe=eva.describe,
+    readers={"open_clip": eva.open_clip_to_canonical, "clipforge": eva.identity},
+    writers={"open_clip": eva.canonical_to_open_clip, "clipforge": eva.identity},
+    detect_format=eva.detect_format,
+    infer_config=eva.infer_eva_config,
+    is_open_clip_config=eva.is_open_clip_config,
+    open_clip_config_to_config=eva.open_clip_config_to_eva_config,
+)
+
 # family name -> its layouts. CLIP is last in detection order: it is the fallback for unknown keys.
 FAMILY_LAYOUTS: dict[str, FamilyLayout] = {
     "clip": CLIP_LAYOUT,
+    "eva_clip": EVA_CLIP_LAYOUT,
 }
 
 
