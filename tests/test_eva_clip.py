@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ open_clip = pytest.importorskip("open_clip")
 timm = pytest.importorskip("timm")
 
 import clipforge  # noqa: E402
-from clipforge.checkpoint_formats import CheckpointError, expected_shapes, read_checkpoint, to_canonical  # noqa: E402
+from clipforge.checkpoint_formats import CheckpointError, expected_shapes, to_canonical  # noqa: E402
 from clipforge.checkpoint_formats.eva import (  # noqa: E402
     canonical_to_open_clip,
     eva_config_to_open_clip_config,
