@@ -54,7 +54,7 @@ from clipforge.errors import (
 )
 from clipforge.image import Preprocess
 from clipforge.models import CausalTextTransformer, Towers, model_class
-from clipforge.text import Tokenizer, tokenizer_from_config
+from clipforge.text import tokenizer_from_config
 
 SaveFormat = Literal["clipforge", "openai", "open_clip", "hf"]
 BUNDLED_MODEL_NAME = model_zoo.BUNDLED_MODEL_NAME  # `load()` and `load("clipforge-mini")` both give the bundled model
