@@ -211,6 +211,82 @@ class EvaClipConfig:
         return cls(vision=EvaVisionConfig(**d.pop("vision")), text=TextConfig(**d.pop("text")), **d)
 
 
+# ---- MobileCLIP (open_clip's MobileCLIP-B / MobileCLIP2-B) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class MobileClipVisionConfig:
+    """MobileCLIP-B's image tower (Vasu et al. 2024, "MobileCLIP"; timm's `vit_base_mci_224`): a ViT
+    whose patches come from a convolutional stem (4x4/4 conv + BatchNorm + GELU, 2x2/2 conv +
+    BatchNorm + GELU, 2x2/2 conv: 16 pixels per token), learned positions on the patch tokens only
+    (the class token is prepended after them), pre-norm GELU blocks with LayerNorm eps 1e-6, a final
+    LayerNorm, class-token pooling and a linear head (with bias) into the joint space."""
+
+    image_size: int = 224
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_width: int = 3072
+    stem_width: int = 192  # channels of the stem's first two convs (width // 4)
+    layer_norm_eps: float = 1e-6
+    batch_norm_eps: float = 1e-5
+
+    patch_size: ClassVar[int] = 16  # the stem's strides: 4 * 2 * 2
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class MobileClipConfig:
+    """open_clip's MobileCLIP-B / MobileCLIP2-B: the conv-stem ViT above and open_clip's text tower,
+    softmax over the texts at a learned temperature. `text_causal=False` is open_clip's
+    `no_causal_mask` (the MobileCLIP S-variants' text towers): every token attends to every other,
+    padding included, pooled at the end token."""
+
+    family: ClassVar[str] = "mobileclip"
+
+    embed_dim: int = 512
+    vision: MobileClipVisionConfig = field(default_factory=MobileClipVisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    activation: Activation = "gelu"  # the text tower's
+    layer_norm_eps: float = 1e-5  # the text tower's
+    text_causal: bool = True
+    init_logit_scale: float = 2.6592600929051215
+    max_logit_scale: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.activation not in ("quick_gelu", "gelu"):
+            raise InvalidInputError(f"activation must be 'quick_gelu' or 'gelu', got {self.activation!r}")
+
+    @property
+    def image_size(self) -> int:
+        return self.vision.image_size
+
+    def replace(self, **changes: Any) -> "MobileClipConfig":
+        return dataclasses.replace(self, **changes)
+
+    def default_preprocess(self) -> "PreprocessConfig":
+        """MobileCLIP feeds pixels in [0, 1]: mean 0, std 1 (open_clip's pretrained cfg), bilinear."""
+        return PreprocessConfig(image_size=self.image_size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                                interpolation="bilinear")
+
+    def default_tokenizer(self) -> "TokenizerConfig":
+        return TokenizerConfig(context_length=self.text.context_length)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MobileClipConfig":
+        d = dict(d)
+        family = d.pop("family", cls.family)
+        if family != cls.family:
+            raise InvalidInputError(f"a {family!r} architecture is not a MobileClipConfig")
+        return cls(vision=MobileClipVisionConfig(**d.pop("vision")), text=TextConfig(**d.pop("text")), **d)
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """How an image becomes the model's input tensor (OpenAI's pipeline by default)."""
@@ -386,6 +462,7 @@ class ArchitectureConfig(Protocol):
 ARCHITECTURE_CONFIGS: dict[str, type] = {
     "clip": ClipConfig,
     "eva_clip": EvaClipConfig,
+    "mobileclip": MobileClipConfig,
 }
 
 

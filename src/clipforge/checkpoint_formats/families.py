@@ -18,8 +18,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from ..configs import ClipConfig, EvaClipConfig, ModelRecord, TokenizerConfig
-from . import eva
+from ..configs import ClipConfig, EvaClipConfig, MobileClipConfig, ModelRecord, TokenizerConfig
+from . import eva, mobileclip
 from .errors import CheckpointError
 from .hf import canonical_to_hf, clip_config_to_hf_config, hf_config_to_clip_config, hf_to_canonical
 from .infer_config import Shape
@@ -137,10 +137,28 @@ EVA_CLIP_LAYOUT = FamilyLayout(
     open_clip_config_to_config=eva.open_clip_config_to_eva_config,
 )
 
+# MobileCLIP-B / MobileCLIP2-B (open_clip): mobileclip.py.
+MOBILECLIP_LAYOUT = FamilyLayout(
+    family="mobileclip",
+    config_type=MobileClipConfig,
+    canonical_layout="CLIP's text tower (OpenAI's names) + the conv-stem ViT under visual. (OpenAI's block names)",
+    expected_shapes=mobileclip.expected_shapes,
+    check_config=mobileclip.check_config,
+    check_config_limits=mobileclip.check_config_limits,
+    describe=mobileclip.describe,
+    readers={"open_clip": mobileclip.open_clip_to_canonical, "clipforge": mobileclip.identity},
+    writers={"open_clip": mobileclip.canonical_to_open_clip, "clipforge": mobileclip.identity},
+    detect_format=mobileclip.detect_format,
+    infer_config=mobileclip.infer_mobileclip_config,
+    is_open_clip_config=mobileclip.is_open_clip_config,
+    open_clip_config_to_config=mobileclip.open_clip_config_to_mobileclip_config,
+)
+
 # family name -> its layouts. CLIP is last in detection order: it is the fallback for unknown keys.
 FAMILY_LAYOUTS: dict[str, FamilyLayout] = {
     "clip": CLIP_LAYOUT,
     "eva_clip": EVA_CLIP_LAYOUT,
+    "mobileclip": MOBILECLIP_LAYOUT,
 }
 
 

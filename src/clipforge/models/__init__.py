@@ -7,19 +7,20 @@ for any config.
 
 from typing import Any
 
-from clipforge.configs import ClipConfig, EvaClipConfig
+from clipforge.configs import ClipConfig, EvaClipConfig, MobileClipConfig
 from clipforge.errors import InvalidInputError
 from clipforge.models.clip_model import ClipModel, ClipOutput
 from clipforge.models.family import ImageOutput, TowerNotLoadedError, Towers, image_tokens
 from clipforge.models.modified_resnet import ModifiedResNet
 from clipforge.models.text_transformer import CausalTextTransformer, TextOutput
-from clipforge.models.tower_clip import EvaClipModel, TowerClipModel
+from clipforge.models.tower_clip import EvaClipModel, MobileClipModel, TowerClipModel
 from clipforge.models.vision_transformer import VisionTransformer
 
 # architecture config class -> model class. A new family adds one line here (docs/families.md).
 MODEL_CLASSES: dict[type, type] = {
     ClipConfig: ClipModel,
     EvaClipConfig: EvaClipModel,
+    MobileClipConfig: MobileClipModel,
 }
 
 
@@ -42,6 +43,7 @@ __all__ = [
     "ClipModel",
     "ClipOutput",
     "EvaClipModel",
+    "MobileClipModel",
     "TowerClipModel",
     "CausalTextTransformer",
     "ImageOutput",

@@ -17,13 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.configs import EvaClipConfig, ModelRecord
+from clipforge.configs import EvaClipConfig, MobileClipConfig, ModelRecord
 from clipforge.models.clip_model import ClipOutput
 from clipforge.models.eva_vision import EvaVisionTransformer
+from clipforge.models.mobileclip_vision import MobileClipViT
 from clipforge.models.family import ImageOutput, Towers, check_towers, image_tokens, require_tower
-from clipforge.models.text_transformer import CausalTextTransformer
+from clipforge.models.text_transformer import CausalTextTransformer, TextOutput
 
-__all__ = ["TowerClipModel", "EvaClipModel"]
+__all__ = ["TowerClipModel", "EvaClipModel", "MobileClipModel"]
 
 
 class TowerClipModel(CausalTextTransformer):
@@ -122,3 +123,37 @@ class EvaClipModel(TowerClipModel):
 
     def build_image_tower(self, config: EvaClipConfig) -> nn.Module:
         return EvaVisionTransformer(config.vision, config.embed_dim)
+
+
+class MobileClipModel(TowerClipModel):
+    """open_clip's MobileCLIP-B / MobileCLIP2-B: a conv-stem ViT (mobileclip_vision.py) and CLIP's
+    text tower, causal or (`config.text_causal=False`, open_clip's `no_causal_mask`) bidirectional."""
+
+    def __init__(self, config: MobileClipConfig, towers: Towers = "both"):
+        super().__init__(config, towers)
+
+    def build_image_tower(self, config: MobileClipConfig) -> nn.Module:
+        return MobileClipViT(config.vision, config.embed_dim)
+
+    def encode_text_full(self, tokens: torch.Tensor, output_hidden_states: bool = False) -> TextOutput:
+        if self.config.text_causal:
+            return super().encode_text_full(tokens, output_hidden_states)
+        # Bidirectional: every position, padding included, is read by every other (as open_clip runs it).
+        self._check_tokens(tokens)
+        eot = self.eot_positions(tokens)
+        x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]].to(self.dtype)
+        hidden = None
+        if output_hidden_states:
+            x, hidden = self.transformer(x, is_causal=False, output_hidden_states=True)
+        else:
+            x = self.transformer(x, is_causal=False)
+        x = self.ln_final(x)  # [batch, length, width]
+        pooled = x[torch.arange(x.shape[0], device=x.device), eot]  # [batch, width]
+        return TextOutput(x, pooled, pooled @ self.text_projection, hidden)
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        if self.config.text_causal:
+            return super().encode_text(tokens, normalize)
+        # Padding changes a bidirectional tower's output: no packing shortcut, all positions run.
+        features = self.encode_text_full(tokens).text_embeds
+        return F.normalize(features, dim=-1) if normalize else features

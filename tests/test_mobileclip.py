@@ -1,0 +1,188 @@
+"""MobileCLIP-B / MobileCLIP2-B (family "mobileclip") against open_clip + timm, the reference: a
+tiny `vit_base_mci`-style tower (conv stem with BatchNorm, patch-only positions) registered in timm
+under a test name, built by open_clip with random weights (random BatchNorm statistics too), saved
+as open_clip saves it, loaded by clipforge and compared (fp32: 1e-5). Both text towers: causal
+(MobileCLIP-B) and bidirectional (open_clip's `no_causal_mask`, the S-variants' text)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+open_clip = pytest.importorskip("open_clip")
+timm = pytest.importorskip("timm")
+
+import clipforge  # noqa: E402
+from clipforge.checkpoint_formats import CheckpointError, expected_shapes, to_canonical  # noqa: E402
+from clipforge.checkpoint_formats.mobileclip import (  # noqa: E402
+    canonical_to_open_clip,
+    mobileclip_config_to_open_clip_config,
+    open_clip_config_to_mobileclip_config,
+)
+from clipforge.configs import MobileClipConfig, PreprocessConfig  # noqa: E402
+from clipforge.models import MobileClipModel, build_model  # noqa: E402
+
+TINY_TIMM = "vit_tiny_mci_32_cftest"
+TOL = 1e-5
+
+
+def _register_tiny_timm_mci() -> None:
+    """timm's vit_base_mci_224 recipe (ConvStem 4/2/2, no_embed_class, HybridEmbed without proj) at width 128."""
+    from functools import partial
+
+    from timm.layers import HybridEmbed
+    from timm.models import is_model, register_model
+    from timm.models.vision_transformer import VisionTransformer
+    from timm.models.vision_transformer_hybrid import ConvStem
+
+    if is_model(TINY_TIMM):
+        return
+
+    def vit_tiny_mci_32_cftest(pretrained: bool = False, **kwargs):
+        for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+            kwargs.pop(key, None)
+        backbone = ConvStem(channels=(32, 32, 128), stride=(4, 2, 2), kernel_size=(4, 2, 2), padding=0,
+                            act_layer=torch.nn.GELU)
+        args = dict(img_size=32, patch_size=1, embed_dim=128, depth=2, num_heads=2, no_embed_class=True,
+                    embed_layer=partial(HybridEmbed, backbone=backbone, proj=False))
+        return VisionTransformer(**dict(args, **kwargs))
+
+    register_model(vit_tiny_mci_32_cftest)
+
+
+def model_cfg(causal: bool) -> dict:
+    return {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "timm_model_name": TINY_TIMM, "timm_model_pretrained": False,
+                       "timm_pool": "token", "timm_proj": None, "timm_drop": 0.0, "timm_drop_path": 0.0},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2,
+                     "no_causal_mask": not causal},
+        "custom_text": True,
+    }
+
+
+def open_clip_tiny(causal: bool):
+    return open_clip.model.CustomTextCLIP(**{k: v for k, v in model_cfg(causal).items() if k != "custom_text"})
+
+
+def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every tensor distinct, BatchNorm statistics included (fresh ones are identity-like)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.state_dict().items():
+            if name.endswith("running_var"):
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+            elif p.is_floating_point():
+                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() < 2 else 0.1))
+        module.logit_scale.fill_(math.log(20.0))
+    return module
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["causal-text", "bidirectional-text"])
+def reference(request, tmp_path_factory):
+    """(causal, open_clip model, bare safetensors file)."""
+    from safetensors.torch import save_file
+
+    _register_tiny_timm_mci()
+    torch.manual_seed(0)
+    model = randomize_(open_clip_tiny(request.param), seed=3).eval()
+    path = tmp_path_factory.mktemp("mobileclip") / "mobileclip_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return request.param, model, path
+
+
+def inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(3, 3, 32, 32, generator=g)  # MobileCLIP reads pixels in [0, 1]
+    tokens = torch.zeros(3, 16, dtype=torch.long)
+    for row, n in enumerate((3, 9, 14)):
+        tokens[row, 0] = 49406
+        tokens[row, 1:n] = torch.randint(1, 49405, (n - 1,), generator=g)
+        tokens[row, n] = 49407
+    return images, tokens
+
+
+@torch.no_grad()
+def compare(model, reference_model) -> dict[str, float]:
+    images, tokens = inputs()
+    ours_i, ours_t = model.encode_image(images), model.encode_text(tokens)
+    ref_i, ref_t = reference_model.encode_image(images), reference_model.encode_text(tokens)
+    ours_logits = model.logits(torch.nn.functional.normalize(ours_i, dim=-1), torch.nn.functional.normalize(ours_t, dim=-1))
+    ref_logits, _ = reference_model.get_logits(images, tokens)
+    full = model.encode_text_full(tokens).text_embeds  # the per-token path agrees with the fast one
+    return {"image": (ours_i - ref_i).abs().max().item(), "text": (ours_t - ref_t).abs().max().item(),
+            "text_full": (full - ref_t).abs().max().item(), "logits": (ours_logits - ref_logits).abs().max().item()}
+
+
+def load_with_config(path, causal: bool):
+    """The file states nothing; the test pins the architecture and preprocessing."""
+    with pytest.warns(clipforge.errors.AssumptionWarning):
+        inferred, _, _ = clipforge.load(path)
+    assert isinstance(inferred, MobileClipModel) and inferred.config.text_causal  # shapes cannot show it
+    return clipforge.load(path, arch=inferred.config.replace(text_causal=causal),
+                          preprocess=PreprocessConfig(image_size=32, mean=(0.0,) * 3, std=(1.0,) * 3))
+
+
+def test_matches_open_clip(reference):
+    causal, ref, path = reference
+    model, _, _ = load_with_config(path, causal)
+    diffs = compare(model, ref)
+    assert max(diffs.values()) <= TOL, diffs
+
+
+def test_bidirectional_text_reads_the_padding(reference):
+    """The bidirectional tower's embedding depends on what follows the end token; the causal one's does not."""
+    causal, _, path = reference
+    model, _, _ = load_with_config(path, causal)
+    _, tokens = inputs()
+    changed = tokens.clone()
+    changed[0, 5:] = 7  # after row 0's end token (position 3)
+    with torch.no_grad():
+        diff = (model.encode_text(tokens) - model.encode_text(changed)).abs().max().item()
+    assert (diff == 0.0) if causal else (diff > 1e-4)
+
+
+def test_clipforge_round_trip_and_open_clip_map(reference, tmp_path):
+    causal, ref, path = reference
+    model, _, _ = load_with_config(path, causal)
+    saved = clipforge.save(model, tmp_path / "m.safetensors")
+    again, preprocess, _ = clipforge.load(saved)  # record travels: causal flag and mean/std included
+    assert again.config == model.config and preprocess.config.std == (1.0, 1.0, 1.0)
+    assert max(compare(again, ref).values()) <= TOL
+    fresh = randomize_(open_clip_tiny(causal), seed=9).eval()
+    fresh.load_state_dict(canonical_to_open_clip(dict(model.state_dict())), strict=True)
+    assert max(compare(model, fresh).values()) <= TOL
+
+
+def test_full_size_mobileclip_b_shapes_match_open_clip():
+    for name in ("MobileCLIP-B", "MobileCLIP2-B"):
+        oc = open_clip.get_model_config(name)
+        cfg = open_clip_config_to_mobileclip_config(oc)
+        with torch.device("meta"):
+            ref = open_clip.model.CustomTextCLIP(**{k: v for k, v in oc.items() if k != "custom_text"})
+            ours = build_model(cfg)
+        canonical = to_canonical(dict(ref.state_dict()), "open_clip", family="mobileclip")
+        assert {k: tuple(v.shape) for k, v in canonical.items()} == expected_shapes(cfg)
+        assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == expected_shapes(cfg)
+        assert mobileclip_config_to_open_clip_config(cfg)["vision_cfg"]["timm_model_name"] == "vit_base_mci_224"
+        assert cfg.text_causal
+
+
+def test_open_clip_directory_with_config(reference, tmp_path):
+    """open_clip's hub layout: the config names a tower (here MobileCLIP-B's), clipforge builds that
+    config and checks the tensors against it: the tiny file is refused, naming what differs."""
+    from safetensors.torch import save_file
+
+    _, ref, _ = reference
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "open_clip_model.safetensors"))
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": open_clip.get_model_config("MobileCLIP-B")}))
+    with pytest.raises(CheckpointError, match=r"MobileCLIP \(conv-stem ViT 12x768.*12 vision layers"):
+        clipforge.load(tmp_path)
+
+
+def test_fastvit_towers_are_refused_by_name():
+    with pytest.raises(CheckpointError, match="fastvit_mci2.*not implemented"):
+        open_clip_config_to_mobileclip_config(open_clip.get_model_config("MobileCLIP-S2"))
