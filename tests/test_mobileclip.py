@@ -22,7 +22,7 @@ from clipforge.checkpoint_formats.mobileclip import (  # noqa: E402
     mobileclip_config_to_open_clip_config,
     open_clip_config_to_mobileclip_config,
 )
-from clipforge.configs import MobileClipConfig, PreprocessConfig  # noqa: E402
+from clipforge.configs import PreprocessConfig  # noqa: E402
 from clipforge.models import MobileClipModel, build_model  # noqa: E402
 
 TINY_TIMM = "vit_tiny_mci_32_cftest"
