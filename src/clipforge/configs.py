@@ -431,6 +431,102 @@ class ModelRecord:
         return dataclasses.replace(self, **changes)
 
 
+# ---- SigLIP / SigLIP 2 ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SiglipVisionConfig:
+    """SigLIP's image tower: a ViT without class token or pre-norm, a final LayerNorm, then a
+    multihead attention-pool (MAP) head with one learned probe token."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_width: int = 3072  # explicit: so400m's 4304 is no round ratio of its 1152 width
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class SiglipTextConfig:
+    """SigLIP's text tower: bidirectional (no causal mask), final LayerNorm, pooled at the LAST
+    position (padding included: the tokenizer always pads to context_length), then a linear head."""
+
+    context_length: int = 64
+    vocab_size: int = 32000
+    width: int = 768
+    heads: int = 12
+    layers: int = 12
+    mlp_width: int = 3072
+
+
+@dataclass(frozen=True)
+class SiglipConfig:
+    """SigLIP (Zhai et al. 2023) and SigLIP 2 (Tschannen et al. 2025): sigmoid logits
+    exp(logit_scale) * cos + logit_bias. The image embedding is the attention pool's output (no
+    projection), so `embed_dim` equals the vision width and the text head's output width.
+
+    `variant` only says which tokenizer/release family the weights come from ("siglip": T5-style
+    SentencePiece, "siglip2": Gemma's); the architecture is the same (SigLIP 2's NaFlex patch
+    embedding is a Linear over flattened patches, held here as the equivalent convolution).
+    """
+
+    family: ClassVar[str] = "siglip"
+
+    embed_dim: int = 768
+    vision: SiglipVisionConfig = field(default_factory=SiglipVisionConfig)
+    text: SiglipTextConfig = field(default_factory=SiglipTextConfig)
+    # transformers' "gelu_pytorch_tanh"; open_clip's SigLIP (timm towers) uses exact "gelu".
+    activation: Activation = "gelu_tanh"
+    layer_norm_eps: float = 1e-6
+    variant: Literal["siglip", "siglip2"] = "siglip"
+
+    def __post_init__(self) -> None:
+        if self.activation not in ("quick_gelu", "gelu", "gelu_tanh"):
+            raise InvalidInputError(f"activation must be 'quick_gelu', 'gelu' or 'gelu_tanh', got {self.activation!r}")
+        if self.embed_dim != self.vision.width:
+            raise InvalidInputError(f"SigLIP's embed_dim ({self.embed_dim}) must equal the vision width ({self.vision.width})")
+        if self.variant not in ("siglip", "siglip2"):
+            raise InvalidInputError(f"variant must be 'siglip' or 'siglip2', got {self.variant!r}")
+
+    @property
+    def image_size(self) -> int:
+        return self.vision.image_size
+
+    def replace(self, **changes: Any) -> "SiglipConfig":
+        return dataclasses.replace(self, **changes)
+
+    def default_preprocess(self) -> "PreprocessConfig":
+        """SigLIP's: squash to a square (no crop), bicubic, mean = std = 0.5 (pixels to [-1, 1])."""
+        return PreprocessConfig(image_size=self.image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                                interpolation="bicubic", mode="hf", resize_mode="squash")
+
+    def default_tokenizer(self) -> "TokenizerConfig":
+        """SigLIP's SentencePiece tokenizer (its model file must come with the weights): padded to the
+        context length. SigLIP: T5's vocabulary, eos = pad = 1, big_vision's clean-up; SigLIP 2: Gemma's,
+        eos 1, pad 0, lower case."""
+        if self.variant == "siglip2":
+            return TokenizerConfig(kind="sentencepiece", context_length=self.text.context_length, pad_token_id=0,
+                                   eos_token_id=1, clean="lower")
+        return TokenizerConfig(kind="sentencepiece", context_length=self.text.context_length, pad_token_id=1,
+                               eos_token_id=1, clean="canonicalize")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SiglipConfig":
+        d = dict(d)
+        family = d.pop("family", cls.family)
+        if family != cls.family:
+            raise InvalidInputError(f"a {family!r} architecture is not a SiglipConfig")
+        return cls(vision=SiglipVisionConfig(**d.pop("vision")), text=SiglipTextConfig(**d.pop("text")), **d)
+
+
 # ---- families -------------------------------------------------------------------------------------
 
 
@@ -463,6 +559,7 @@ ARCHITECTURE_CONFIGS: dict[str, type] = {
     "clip": ClipConfig,
     "eva_clip": EvaClipConfig,
     "mobileclip": MobileClipConfig,
+    "siglip": SiglipConfig,
 }
 
 

@@ -18,8 +18,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from ..configs import ClipConfig, EvaClipConfig, MobileClipConfig, ModelRecord, TokenizerConfig
-from . import eva, mobileclip
+from ..configs import ClipConfig, EvaClipConfig, MobileClipConfig, ModelRecord, SiglipConfig, TokenizerConfig
+from . import eva, mobileclip, siglip
 from .errors import CheckpointError
 from .hf import canonical_to_hf, clip_config_to_hf_config, hf_config_to_clip_config, hf_to_canonical
 from .infer_config import Shape
@@ -154,11 +154,33 @@ MOBILECLIP_LAYOUT = FamilyLayout(
     open_clip_config_to_config=mobileclip.open_clip_config_to_mobileclip_config,
 )
 
+SIGLIP_LAYOUT = FamilyLayout(
+    family="siglip",
+    config_type=SiglipConfig,
+    canonical_layout="clipforge's SiglipModel state dict (checkpoint_formats/siglip.py)",
+    expected_shapes=siglip.expected_shapes,
+    check_config=siglip.check_config,
+    check_config_limits=siglip.check_config_limits,
+    describe=siglip.describe,
+    readers={"hf": siglip.hf_to_canonical, "open_clip": siglip.open_clip_to_canonical, "clipforge": lambda sd: dict(sd)},
+    writers={"hf": siglip.canonical_to_hf, "clipforge": lambda sd: dict(sd)},
+    detect_format=siglip.detect_format,
+    infer_config=None,  # head counts do not show in shapes: the file (or arch=) must state the config
+    hf_model_types=("siglip", "siglip2"),
+    hf_config_to_config=siglip.hf_config_to_config,
+    config_to_hf_config=siglip.config_to_hf_config,
+    read_hf_tokenizer=siglip.read_hf_tokenizer,
+    write_hf_files=siglip.write_hf_files,
+    is_open_clip_config=siglip.is_open_clip_config,
+    open_clip_config_to_config=siglip.open_clip_config_to_config,
+)
+
 # family name -> its layouts. CLIP is last in detection order: it is the fallback for unknown keys.
 FAMILY_LAYOUTS: dict[str, FamilyLayout] = {
     "clip": CLIP_LAYOUT,
     "eva_clip": EVA_CLIP_LAYOUT,
     "mobileclip": MOBILECLIP_LAYOUT,
+    "siglip": SIGLIP_LAYOUT,
 }
 
 

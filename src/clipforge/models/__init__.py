@@ -7,11 +7,12 @@ for any config.
 
 from typing import Any
 
-from clipforge.configs import ClipConfig, EvaClipConfig, MobileClipConfig
+from clipforge.configs import ClipConfig, EvaClipConfig, MobileClipConfig, SiglipConfig
 from clipforge.errors import InvalidInputError
 from clipforge.models.clip_model import ClipModel, ClipOutput
 from clipforge.models.family import ImageOutput, TowerNotLoadedError, Towers, image_tokens
 from clipforge.models.modified_resnet import ModifiedResNet
+from clipforge.models.siglip import SiglipModel, SiglipOutput
 from clipforge.models.text_transformer import CausalTextTransformer, TextOutput
 from clipforge.models.tower_clip import EvaClipModel, MobileClipModel, TowerClipModel
 from clipforge.models.vision_transformer import VisionTransformer
@@ -21,6 +22,7 @@ MODEL_CLASSES: dict[type, type] = {
     ClipConfig: ClipModel,
     EvaClipConfig: EvaClipModel,
     MobileClipConfig: MobileClipModel,
+    SiglipConfig: SiglipModel,
 }
 
 
@@ -52,6 +54,8 @@ __all__ = [
     "Towers",
     "VisionTransformer",
     "ModifiedResNet",
+    "SiglipModel",
+    "SiglipOutput",
     "build_model",
     "image_tokens",
     "model_class",

@@ -21,15 +21,36 @@ def _clip_bpe(config: TokenizerConfig) -> Tokenizer:
     return Tokenizer(context_length=config.context_length, pad_token_id=config.pad_token_id)
 
 
+class MissingTokenizer:
+    """Stands in for a tokenizer whose model file did not come with the weights: the model still
+    loads (its image tower and `encode_text` on ids work); tokenizing text raises MissingTokenizerError."""
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        self.context_length = config.context_length
+        self.pad_token_id = config.pad_token_id
+
+    def _missing(self) -> MissingTokenizerError:
+        return MissingTokenizerError(
+            "this model's SentencePiece tokenizer file did not come with its weights (a transformers directory "
+            "without spiece.model / tokenizer.model, or a bare state dict): load it from a directory or clipforge "
+            "file that holds it"
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._missing()
+
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._missing()
+
+    def decode(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._missing()
+
+
 def _sentencepiece(config: TokenizerConfig) -> Any:
     from clipforge.text.sentencepiece import SentencePieceTokenizer
 
     if config.model is None:
-        raise MissingTokenizerError(
-            "this model's SentencePiece tokenizer file did not come with its weights (a transformers directory "
-            "without spiece.model / tokenizer.model, or a state dict): load it from a directory or clipforge file "
-            "that holds it"
-        )
+        return MissingTokenizer(config)
     return SentencePieceTokenizer(config.model, context_length=config.context_length, pad_token_id=config.pad_token_id,
                                   eos_token_id=config.eos_token_id, bos_token_id=config.bos_token_id, clean=config.clean)
 
@@ -50,5 +71,5 @@ def tokenizer_from_config(config: TokenizerConfig) -> Any:
     return builder(config)
 
 
-__all__ = ["MissingTokenizerError", "TOKENIZER_BUILDERS", "Tokenizer", "default_tokenizer", "tokenize",
+__all__ = ["MissingTokenizer", "MissingTokenizerError", "TOKENIZER_BUILDERS", "Tokenizer", "default_tokenizer", "tokenize",
            "tokenizer_from_config"]
