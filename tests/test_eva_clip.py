@@ -238,3 +238,57 @@ def test_tasks_run_through_the_public_api(reference):
 def test_bad_eva_config_is_one_named_error():
     with pytest.raises(CheckpointError, match="rotary"):
         clipforge.checkpoint_formats.check_config_limits(TINY.replace(vision=EvaVisionConfig(width=130, heads=13)))
+
+
+def test_convert_command_both_ways(reference, tmp_path, capsys):
+    """`clipforge convert`: open_clip file -> clipforge -> open_clip file, which open_clip loads strictly."""
+    import warnings
+
+    from safetensors.torch import load_file
+
+    from clipforge.cli.main import main
+
+    ref, _, bare = reference
+    ours = tmp_path / "eva.clipforge.safetensors"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", clipforge.errors.AssumptionWarning)  # the bare file states no numerics
+        assert main(["convert", str(bare), str(ours), "--to", "clipforge"]) == 0
+    back = tmp_path / "eva.open_clip.safetensors"
+    assert main(["convert", str(ours), str(back), "--to", "open_clip"]) == 0
+    assert "max abs difference" in capsys.readouterr().out
+    fresh = open_clip_tiny().eval()
+    fresh.load_state_dict(load_file(str(back)), strict=True)
+    diffs = compare(clipforge.load(ours)[0], fresh)
+    assert max(diffs.values()) <= TOL, diffs
+    with torch.no_grad():  # and it is the reference's model, bit for bit
+        images, tokens = inputs()
+        assert torch.equal(fresh.encode_image(images), ref.encode_image(images))
+
+
+@pytest.mark.slow
+def test_full_size_eva02_b16_parity_and_hub_directory(tmp_path):
+    """Real-size EVA02-B-16 (random weights) as open_clip builds it: clipforge reads open_clip's hub
+    directory (config from open_clip_config.json), matches it, and writes one open_clip reads back."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    oc = open_clip.get_model_config("EVA02-B-16")
+    ref = randomize_(open_clip.model.CustomTextCLIP(**{k: v for k, v in oc.items() if k != "custom_text"}), 5).eval()
+    src = tmp_path / "src"
+    src.mkdir()
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(src / "open_clip_model.safetensors"))
+    (src / "open_clip_config.json").write_text(json.dumps({"model_cfg": oc, "preprocess_cfg": {
+        "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}}))
+    model, _, _ = clipforge.load(src)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, 224, 224, generator=g)
+    tokens = torch.zeros(2, 77, dtype=torch.long)
+    tokens[:, 0], tokens[0, 1:6], tokens[0, 6], tokens[1, 1:30], tokens[1, 30] = 49406, 320, 49407, 1125, 49407
+    with torch.no_grad():
+        diff_i = (model.encode_image(images) - ref.encode_image(images)).abs().max().item()
+        diff_t = (model.encode_text(tokens) - ref.encode_text(tokens)).abs().max().item()
+    assert max(diff_i, diff_t) <= 1e-4, (diff_i, diff_t)  # 12 blocks of width 768 in fp32
+    out = clipforge.save(model, tmp_path / "out", format="open_clip")
+    again = open_clip.create_model(f"local-dir:{out}").eval()
+    with torch.no_grad():
+        assert torch.equal(again.encode_image(images), ref.encode_image(images))

@@ -186,3 +186,19 @@ def test_open_clip_directory_with_config(reference, tmp_path):
 def test_fastvit_towers_are_refused_by_name():
     with pytest.raises(CheckpointError, match="fastvit_mci2.*not implemented"):
         open_clip_config_to_mobileclip_config(open_clip.get_model_config("MobileCLIP-S2"))
+
+
+def test_convert_to_open_clip_file(reference, tmp_path):
+    """conversion.convert checks the numbers before writing; open_clip loads the file strictly."""
+    from safetensors.torch import load_file
+
+    from clipforge.conversion import convert
+
+    causal, ref, path = reference
+    model, _, _ = load_with_config(path, causal)
+    ours = clipforge.save(model, tmp_path / "m.safetensors")
+    report = convert(ours, tmp_path / "m.open_clip.safetensors", "open_clip")
+    assert report.max_abs_diff == 0.0
+    fresh = open_clip_tiny(causal).eval()
+    fresh.load_state_dict(load_file(str(tmp_path / "m.open_clip.safetensors")), strict=True)
+    assert max(compare(model, fresh).values()) <= TOL

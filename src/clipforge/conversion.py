@@ -52,7 +52,8 @@ def convert(
     canonical = {k: v.detach() for k, v in model.state_dict().items()}
     if to != "clipforge":
         # Go through the target layout and back in memory: this is exactly what a reader of the file will see.
-        canonical = to_canonical(from_canonical(canonical, to), to)
+        family = model.config.family
+        canonical = to_canonical(from_canonical(canonical, to, family=family), to, family=family)
     converted = build_model(model.config, canonical, source=f"{source} as {to}").eval()
     converted.record = model.record  # the numerics travel with the weights
     diff, scale = compare_models(model, converted)
@@ -60,7 +61,7 @@ def convert(
         raise ClipforgeRuntimeError(f"conversion of {source} to {to} changes outputs: max abs difference {diff:.3g} (scale {scale:.3g}); nothing written")
     save(converted, destination, format=to)
     # Read back what was written: it must hold exactly the tensors we checked.
-    written = to_canonical(read_checkpoint(Path(destination)).state_dict, to)
+    written = to_canonical(read_checkpoint(Path(destination)).state_dict, to, family=model.config.family)
     for key, tensor in canonical.items():
         if key not in written or not torch.equal(written[key], tensor):
             raise ClipforgeRuntimeError(f"{destination}: tensor {key!r} differs after writing")
@@ -99,7 +100,9 @@ def check_with_target_library(model: ClipModel, destination: Path, to: str, rtol
             import open_clip
 
             config = json.loads((destination / "open_clip_config.json").read_text())["model_cfg"]
-            reference = open_clip.model.CLIP(**config).eval()
+            # CustomTextCLIP (the text tower under `text.`) for the families open_clip builds that way.
+            cls = open_clip.model.CustomTextCLIP if config.get("custom_text") else open_clip.model.CLIP
+            reference = cls(**{k: v for k, v in config.items() if k != "custom_text"}).eval()
             open_clip.load_checkpoint(reference, str(destination / "open_clip_model.safetensors"))
             name = f"open_clip {open_clip.__version__}"
 

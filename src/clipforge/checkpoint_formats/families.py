@@ -71,6 +71,9 @@ class FamilyLayout:
     # open_clip model configs (open_clip_config.json's "model_cfg"): is it this family's, and its config.
     is_open_clip_config: Callable[[dict[str, Any]], bool] = field(default=lambda cfg: False)
     open_clip_config_to_config: Optional[Callable[[dict[str, Any]], Any]] = None
+    # ... and back: the model_cfg an open_clip hub directory written for this config holds (None: the
+    # family's open_clip files, if it has a writer, are written as a single weights file only).
+    config_to_open_clip_config: Optional[Callable[[Any], dict[str, Any]]] = None
 
 
 def _clip_detect_format(keys: list[str]) -> Optional[str]:
@@ -135,6 +138,7 @@ EVA_CLIP_LAYOUT = FamilyLayout(
     infer_config=eva.infer_eva_config,
     is_open_clip_config=eva.is_open_clip_config,
     open_clip_config_to_config=eva.open_clip_config_to_eva_config,
+    config_to_open_clip_config=eva.eva_config_to_open_clip_config,
 )
 
 # MobileCLIP-B / MobileCLIP2-B (open_clip): mobileclip.py.
@@ -152,6 +156,7 @@ MOBILECLIP_LAYOUT = FamilyLayout(
     infer_config=mobileclip.infer_mobileclip_config,
     is_open_clip_config=mobileclip.is_open_clip_config,
     open_clip_config_to_config=mobileclip.open_clip_config_to_mobileclip_config,
+    config_to_open_clip_config=mobileclip.mobileclip_config_to_open_clip_config,
 )
 
 SIGLIP_LAYOUT = FamilyLayout(
