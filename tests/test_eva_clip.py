@@ -265,8 +265,18 @@ def test_convert_command_both_ways(reference, tmp_path, capsys):
         assert torch.equal(fresh.encode_image(images), ref.encode_image(images))
 
 
+@pytest.mark.parametrize("name", ["EVA02-B-16", "EVA02-L-14", "EVA02-L-14-336"])
+def test_zoo_architectures_are_open_clips(name):
+    """The named architectures equal what clipforge reads off open_clip's model configs; each has weights."""
+    from clipforge import model_zoo
+
+    assert model_zoo.get_architecture(name) == open_clip_config_to_eva_config(open_clip.get_model_config(name))
+    tags = [tag for arch, tag in model_zoo.list_models() if arch == name]
+    assert len(tags) == 1 and open_clip.get_pretrained_cfg(name, tags[0])["hf_hub"].startswith("timm/eva02_")
+
+
 @pytest.mark.slow
-def test_full_size_eva02_b16_parity_and_hub_directory(tmp_path):
+def test_full_size_eva02_b16_parity_and_hub_directory(tmp_path, monkeypatch):
     """Real-size EVA02-B-16 (random weights) as open_clip builds it: clipforge reads open_clip's hub
     directory (config from open_clip_config.json), matches it, and writes one open_clip reads back."""
     from safetensors.torch import save_file
@@ -288,7 +298,22 @@ def test_full_size_eva02_b16_parity_and_hub_directory(tmp_path):
         diff_i = (model.encode_image(images) - ref.encode_image(images)).abs().max().item()
         diff_t = (model.encode_text(tokens) - ref.encode_text(tokens)).abs().max().item()
     assert max(diff_i, diff_t) <= 1e-4, (diff_i, diff_t)  # 12 blocks of width 768 in fp32
+    print(f"EVA02-B-16 fp32 max abs diff: image {diff_i:.3g}, text {diff_t:.3g}")
     out = clipforge.save(model, tmp_path / "out", format="open_clip")
     again = open_clip.create_model(f"local-dir:{out}").eval()
     with torch.no_grad():
         assert torch.equal(again.encode_image(images), ref.encode_image(images))
+    # The named weights, from a Hugging Face cache laid out as huggingface_hub does (offline).
+    hub_id = "timm/eva02_base_patch16_clip_224.merged2b_s8b_b131k"
+    snapshot = tmp_path / "hf" / ("models--" + hub_id.replace("/", "--")) / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    for name in ("open_clip_model.safetensors", "open_clip_config.json"):
+        (snapshot / name).symlink_to(src / name)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("CLIPFORGE_CACHE", str(tmp_path / "cf"))
+    named, preprocess, _ = clipforge.load("EVA02-B-16", "merged2b_s8b_b131k", offline=True)
+    assert named.record.provenance.weights_tag == "merged2b_s8b_b131k" and preprocess.config.interpolation == "bicubic"
+    with torch.no_grad():
+        assert torch.equal(named.encode_image(images), model.encode_image(images))

@@ -202,3 +202,18 @@ def test_convert_to_open_clip_file(reference, tmp_path):
     fresh = open_clip_tiny(causal).eval()
     fresh.load_state_dict(load_file(str(tmp_path / "m.open_clip.safetensors")), strict=True)
     assert max(compare(model, fresh).values()) <= TOL
+
+
+@pytest.mark.parametrize("name", ["MobileCLIP-B", "MobileCLIP2-B"])
+def test_zoo_architectures_are_open_clips(name):
+    """The named architectures equal what clipforge reads off open_clip's model configs; their weights
+    records carry MobileCLIP's [0, 1] pixels (mean 0, std 1, bilinear) from open_clip's pretrained.py."""
+    from clipforge import model_zoo
+
+    assert model_zoo.get_architecture(name) == open_clip_config_to_mobileclip_config(open_clip.get_model_config(name))
+    for arch, tag in model_zoo.list_models():
+        if arch == name:
+            record, ref = model_zoo.get_weights(arch, tag), open_clip.get_pretrained_cfg(arch, tag)
+            assert record.hf_hub_id == ref["hf_hub"].rstrip("/")
+            assert (record.preprocess.mean, record.preprocess.std) == (tuple(ref["mean"]), tuple(ref["std"]))
+            assert record.preprocess.interpolation == ref["interpolation"] == "bilinear"
