@@ -317,3 +317,44 @@ def test_full_size_eva02_b16_parity_and_hub_directory(tmp_path, monkeypatch):
     assert named.record.provenance.weights_tag == "merged2b_s8b_b131k" and preprocess.config.interpolation == "bicubic"
     with torch.no_grad():
         assert torch.equal(named.encode_image(images), model.encode_image(images))
+
+
+def test_cli_classify_index_search_on_an_eva_file(reference, tmp_path, capsys):
+    """The CLI is family-blind: classify prints open_clip's softmax probabilities; index and search run."""
+    import shutil
+    import warnings
+
+    from image_fixtures import corpus_sample
+    from PIL import Image
+
+    from clipforge.cli.main import main
+
+    ref, _, bare = reference
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", clipforge.errors.AssumptionWarning)
+        model, _, _ = clipforge.load(bare, preprocess=PreprocessConfig(image_size=32))
+    path = clipforge.save(model, tmp_path / "eva.safetensors")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, p in enumerate(corpus_sample(3)):
+        shutil.copy(p, folder / f"im{i}{p.suffix}")
+    image = sorted(folder.iterdir())[0]
+    labels = ["cat", "dog", "rose"]
+    assert main(["classify", str(image), "--model", str(path), "--labels", ",".join(labels), "--templates", "none",
+                 "--json", "--top-k", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    row = out[0] if isinstance(out, list) else out["results"][0]
+    predictions = row.get("predictions") or row.get("labels") or row.get("top")
+    got = {p["label"]: p["prob"] if "prob" in p else p["probability"] for p in predictions}
+    _, preprocess, tokenizer = clipforge.load(path)
+    with torch.no_grad():
+        pixels = preprocess(Image.open(image).convert("RGB")).unsqueeze(0)
+        expected = ref.get_logits(pixels, tokenizer(labels))[0].softmax(-1)[0]
+    for label, prob in zip(labels, expected.tolist()):
+        assert abs(got[label] - prob) <= 1e-4, (label, got[label], prob)
+    index = tmp_path / "index"
+    assert main(["index", str(folder), "--out", str(index), "--model", str(path), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(index), "a cat", "-k", "2"]) == 0
+    hits = [line for line in capsys.readouterr().out.splitlines() if "im" in line and str(folder.name) in line]
+    assert len(hits) == 2, hits
