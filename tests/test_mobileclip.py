@@ -6,6 +6,7 @@ as open_clip saves it, loaded by clipforge and compared (fp32: 1e-5). Both text 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -183,9 +184,9 @@ def test_open_clip_directory_with_config(reference, tmp_path):
         clipforge.load(tmp_path)
 
 
-def test_fastvit_towers_are_refused_by_name():
-    with pytest.raises(CheckpointError, match="fastvit_mci2.*not implemented"):
-        open_clip_config_to_mobileclip_config(open_clip.get_model_config("MobileCLIP-S2"))
+def test_mobileclip2_l14_is_refused_by_name():
+    with pytest.raises(CheckpointError, match="vit_large_patch14_clip_224"):
+        open_clip_config_to_mobileclip_config(open_clip.get_model_config("MobileCLIP2-L-14"))
 
 
 def test_convert_to_open_clip_file(reference, tmp_path):
@@ -217,3 +218,122 @@ def test_zoo_architectures_are_open_clips(name):
             assert record.hf_hub_id == ref["hf_hub"].rstrip("/")
             assert (record.preprocess.mean, record.preprocess.std) == (tuple(ref["mean"]), tuple(ref["std"]))
             assert record.preprocess.interpolation == ref["interpolation"] == "bilinear"
+
+
+# ---- FastViT-MCi (MobileCLIP-S*, MobileCLIP2-S*) ------------------------------------------------------
+
+FASTVIT_TINY = {"mci012": "fastvit_tiny012_cftest", "mci34": "fastvit_tiny34_cftest"}
+
+
+def _register_tiny_fastvits() -> None:
+    """timm's fastvit_mci0/2 (4 stages, BatchNorm attention, SE downsamples) and fastvit_mci3/4 (5 stages,
+    LayerNorm2d attention, no stem scale branch) recipes at widths 32-64, one block per stage."""
+    from functools import partial
+
+    from timm.models import is_model, register_model
+    from timm.models.fastvit import FastVit, RepConditionalPosEnc
+    from timm.layers import LayerNorm2d
+
+    cpe = partial(RepConditionalPosEnc, spatial_shape=(7, 7))
+    recipes = {
+        FASTVIT_TINY["mci012"]: dict(layers=(1, 1, 1, 2), embed_dims=(32, 32, 64, 64), mlp_ratios=(3, 3, 3, 3),
+                                     se_downsamples=(False, False, True, True), pos_embs=(None, None, None, cpe),
+                                     token_mixers=("repmixer", "repmixer", "repmixer", "attention"), lkc_use_act=True),
+        FASTVIT_TINY["mci34"]: dict(layers=(1, 1, 1, 1, 1), embed_dims=(32, 32, 64, 64, 64), mlp_ratios=(4,) * 5,
+                                    se_downsamples=(False,) * 5, downsamples=(False, True, True, True, True),
+                                    pos_embs=(None, None, None, cpe, cpe),
+                                    token_mixers=("repmixer",) * 3 + ("attention",) * 2, lkc_use_act=True,
+                                    norm_layer=partial(LayerNorm2d, eps=1e-5), stem_use_scale_branch=False),
+    }
+    for name, args in recipes.items():
+        if is_model(name):
+            continue
+
+        def make(pretrained: bool = False, _args=args, **kwargs):
+            for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+                kwargs.pop(key, None)
+            return FastVit(**dict(_args, **kwargs))
+
+        make.__name__ = name
+        register_model(make)
+
+
+def fastvit_model_cfg(kind: str) -> dict:
+    return {"embed_dim": 32,
+            "vision_cfg": {"image_size": 64, "timm_model_name": FASTVIT_TINY[kind], "timm_model_pretrained": False,
+                           "timm_pool": "avg", "timm_proj": None},
+            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2,
+                         "no_causal_mask": True}}
+
+
+@pytest.fixture(scope="module", params=["mci012", "mci34"])
+def fastvit_reference(request, tmp_path_factory):
+    from safetensors.torch import save_file
+
+    _register_tiny_fastvits()
+    torch.manual_seed(0)
+    model = randomize_(open_clip.model.CustomTextCLIP(**fastvit_model_cfg(request.param)), seed=4).eval()
+    path = tmp_path_factory.mktemp("fastvit") / "fastvit_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return request.param, model, path
+
+
+def fastvit_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    images, tokens = inputs()
+    return torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1)), tokens
+
+
+@torch.no_grad()
+def fastvit_compare(model, reference_model) -> dict[str, float]:
+    images, tokens = fastvit_inputs()
+    ours_i, ours_t = model.encode_image(images), model.encode_text(tokens)
+    ref_i, ref_t = reference_model.encode_image(images), reference_model.encode_text(tokens)
+    ours_logits = model.logits(torch.nn.functional.normalize(ours_i, dim=-1), torch.nn.functional.normalize(ours_t, dim=-1))
+    ref_logits, _ = reference_model.get_logits(images, tokens)
+    return {"image": (ours_i - ref_i).abs().max().item(), "text": (ours_t - ref_t).abs().max().item(),
+            "logits": (ours_logits - ref_logits).abs().max().item()}
+
+
+def load_fastvit(path):
+    with pytest.warns(clipforge.errors.AssumptionWarning):
+        inferred, _, _ = clipforge.load(path)
+    assert isinstance(inferred, MobileClipModel)
+    # Shapes show neither the image size of a convolutional tower nor a bidirectional text tower.
+    config = inferred.config.replace(text_causal=False, vision=dataclasses.replace(inferred.config.vision, image_size=64))
+    return clipforge.load(path, arch=config, preprocess=PreprocessConfig(image_size=64, mean=(0.0,) * 3, std=(1.0,) * 3))
+
+
+def test_fastvit_matches_open_clip(fastvit_reference):
+    """The unfolded FastViT-MCi (branches summed, BatchNorm in eval mode) gives open_clip's numbers."""
+    kind, ref, path = fastvit_reference
+    model, _, _ = load_fastvit(path)
+    assert model.config.vision.attention_norm == ("layernorm" if kind == "mci34" else "batchnorm")
+    diffs = fastvit_compare(model, ref)
+    assert max(diffs.values()) <= TOL, diffs
+
+
+def test_fastvit_round_trips(fastvit_reference, tmp_path):
+    kind, ref, path = fastvit_reference
+    model, _, _ = load_fastvit(path)
+    again, _, _ = clipforge.load(clipforge.save(model, tmp_path / "f.safetensors"))
+    assert again.config == model.config and max(fastvit_compare(again, ref).values()) <= TOL
+    fresh = randomize_(open_clip.model.CustomTextCLIP(**fastvit_model_cfg(kind)), seed=8).eval()
+    fresh.load_state_dict(canonical_to_open_clip(dict(model.state_dict())), strict=True)
+    assert max(fastvit_compare(model, fresh).values()) <= TOL
+    out = model.encode_image_full(fastvit_inputs()[0], output_hidden_states=True)
+    assert out.num_prefix_tokens == 0 and len(out.hidden_states) == 1 + len(model.config.vision.layers)
+
+
+@pytest.mark.parametrize("name", ["MobileCLIP-S1", "MobileCLIP-S2", "MobileCLIP2-S0", "MobileCLIP2-S2",
+                                  "MobileCLIP2-S3", "MobileCLIP2-S4"])
+def test_full_size_fastvit_shapes_match_open_clip(name):
+    oc = open_clip.get_model_config(name)
+    cfg = open_clip_config_to_mobileclip_config(oc)
+    with torch.device("meta"):
+        ref = open_clip.model.CustomTextCLIP(**{k: v for k, v in oc.items() if k != "custom_text"})
+        ours = build_model(cfg)
+    canonical = to_canonical(dict(ref.state_dict()), "open_clip", family="mobileclip")
+    assert {k: tuple(v.shape) for k, v in canonical.items()} == expected_shapes(cfg)
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == expected_shapes(cfg)
+    assert not cfg.text_causal  # the S models' text towers are bidirectional
+    assert mobileclip_config_to_open_clip_config(cfg)["vision_cfg"]["timm_model_name"] == oc["vision_cfg"]["timm_model_name"]

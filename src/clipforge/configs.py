@@ -239,6 +239,37 @@ class MobileClipVisionConfig:
 
 
 @dataclass(frozen=True)
+class FastVitMciConfig:
+    """FastViT-MCi (timm's `fastvit_mci0` .. `fastvit_mci4`), MobileCLIP-S*'s image tower: per stage its
+    depth, width, MLP ratio, token mixer ("repmixer" or "attention"), whether it downsamples (a
+    7x7/2 large-kernel conv) with squeeze-excite, and whether a conditional positional encoding
+    precedes its blocks. See models/fastvit_mci.py."""
+
+    image_size: int = 256
+    layers: tuple[int, ...] = (2, 6, 10, 2)
+    embed_dims: tuple[int, ...] = (64, 128, 256, 512)
+    mlp_ratios: tuple[float, ...] = (3.0, 3.0, 3.0, 3.0)
+    token_mixers: tuple[str, ...] = ("repmixer", "repmixer", "repmixer", "attention")
+    downsamples: tuple[bool, ...] = (False, True, True, True)
+    se_downsamples: tuple[bool, ...] = (False, False, True, True)
+    pos_embs: tuple[bool, ...] = (False, False, False, True)
+    attention_norm: Literal["batchnorm", "layernorm"] = "batchnorm"
+    stem_scale_branch: bool = True
+    lkc_use_act: bool = True
+    repmixer_kernel_size: int = 3
+    down_patch_size: int = 7
+    down_stride: int = 2
+    cls_ratio: float = 2.0
+
+    @property
+    def num_features(self) -> int:
+        return int(self.embed_dims[-1] * self.cls_ratio)
+
+
+_FASTVIT_TUPLES = ("layers", "embed_dims", "mlp_ratios", "token_mixers", "downsamples", "se_downsamples", "pos_embs")
+
+
+@dataclass(frozen=True)
 class MobileClipConfig:
     """open_clip's MobileCLIP-B / MobileCLIP2-B: the conv-stem ViT above and open_clip's text tower,
     softmax over the texts at a learned temperature. `text_causal=False` is open_clip's
@@ -248,7 +279,8 @@ class MobileClipConfig:
     family: ClassVar[str] = "mobileclip"
 
     embed_dim: int = 512
-    vision: MobileClipVisionConfig = field(default_factory=MobileClipVisionConfig)
+    # MobileCLIP-B's conv-stem ViT, or the S-variants' FastViT-MCi.
+    vision: Union[MobileClipVisionConfig, FastVitMciConfig] = field(default_factory=MobileClipVisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     activation: Activation = "gelu"  # the text tower's
     layer_norm_eps: float = 1e-5  # the text tower's
@@ -276,7 +308,9 @@ class MobileClipConfig:
         return TokenizerConfig(context_length=self.text.context_length)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["vision"]["kind"] = "fastvit_mci" if isinstance(self.vision, FastVitMciConfig) else "vit_mci"
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MobileClipConfig":
@@ -284,7 +318,16 @@ class MobileClipConfig:
         family = d.pop("family", cls.family)
         if family != cls.family:
             raise InvalidInputError(f"a {family!r} architecture is not a MobileClipConfig")
-        return cls(vision=MobileClipVisionConfig(**d.pop("vision")), text=TextConfig(**d.pop("text")), **d)
+        vision = dict(d.pop("vision"))
+        kind = vision.pop("kind", "vit_mci")
+        if kind == "fastvit_mci":
+            vision.update({k: tuple(vision[k]) for k in _FASTVIT_TUPLES if k in vision})
+            vision_cfg: Union[MobileClipVisionConfig, FastVitMciConfig] = FastVitMciConfig(**vision)
+        elif kind == "vit_mci":
+            vision_cfg = MobileClipVisionConfig(**vision)
+        else:
+            raise InvalidInputError(f"unknown MobileCLIP image tower kind {str(kind)[:40]!r}")
+        return cls(vision=vision_cfg, text=TextConfig(**d.pop("text")), **d)
 
 
 @dataclass(frozen=True)

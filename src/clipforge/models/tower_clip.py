@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.configs import EvaClipConfig, MobileClipConfig, ModelRecord
+from clipforge.configs import EvaClipConfig, FastVitMciConfig, MobileClipConfig, ModelRecord
 from clipforge.models.clip_model import ClipOutput
 from clipforge.models.eva_vision import EvaVisionTransformer
+from clipforge.models.fastvit_mci import FastVitMci
 from clipforge.models.mobileclip_vision import MobileClipViT
 from clipforge.models.family import ImageOutput, Towers, check_towers, image_tokens, require_tower
 from clipforge.models.text_transformer import CausalTextTransformer, TextOutput
@@ -126,13 +127,17 @@ class EvaClipModel(TowerClipModel):
 
 
 class MobileClipModel(TowerClipModel):
-    """open_clip's MobileCLIP-B / MobileCLIP2-B: a conv-stem ViT (mobileclip_vision.py) and CLIP's
-    text tower, causal or (`config.text_causal=False`, open_clip's `no_causal_mask`) bidirectional."""
+    """open_clip's MobileCLIP / MobileCLIP2: a conv-stem ViT (mobileclip_vision.py, the B models) or
+    FastViT-MCi (fastvit_mci.py, the S models) and CLIP's text tower, causal or
+    (`config.text_causal=False`, open_clip's `no_causal_mask`) bidirectional."""
 
     def __init__(self, config: MobileClipConfig, towers: Towers = "both"):
         super().__init__(config, towers)
 
     def build_image_tower(self, config: MobileClipConfig) -> nn.Module:
+        if isinstance(config.vision, FastVitMciConfig):
+            self.num_prefix_tokens = 0  # a convolutional tower: its tokens are the final feature map
+            return FastVitMci(config.vision, config.embed_dim)
         return MobileClipViT(config.vision, config.embed_dim)
 
     def encode_text_full(self, tokens: torch.Tensor, output_hidden_states: bool = False) -> TextOutput:
