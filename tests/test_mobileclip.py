@@ -205,10 +205,11 @@ def test_convert_to_open_clip_file(reference, tmp_path):
     assert max(compare(model, fresh).values()) <= TOL
 
 
-@pytest.mark.parametrize("name", ["MobileCLIP-B", "MobileCLIP2-B"])
+@pytest.mark.parametrize("name", ["MobileCLIP-B", "MobileCLIP2-B", "MobileCLIP-S1", "MobileCLIP-S2", "MobileCLIP2-S0",
+                                  "MobileCLIP2-S2", "MobileCLIP2-S3", "MobileCLIP2-S4"])
 def test_zoo_architectures_are_open_clips(name):
     """The named architectures equal what clipforge reads off open_clip's model configs; their weights
-    records carry MobileCLIP's [0, 1] pixels (mean 0, std 1, bilinear) from open_clip's pretrained.py."""
+    records carry open_clip's pretrained.py numerics (mean 0 / std 1 except MobileCLIP2-S3/S4, bilinear)."""
     from clipforge import model_zoo
 
     assert model_zoo.get_architecture(name) == open_clip_config_to_mobileclip_config(open_clip.get_model_config(name))
@@ -217,6 +218,7 @@ def test_zoo_architectures_are_open_clips(name):
             record, ref = model_zoo.get_weights(arch, tag), open_clip.get_pretrained_cfg(arch, tag)
             assert record.hf_hub_id == ref["hf_hub"].rstrip("/")
             assert (record.preprocess.mean, record.preprocess.std) == (tuple(ref["mean"]), tuple(ref["std"]))
+            assert record.preprocess.image_size == model_zoo.get_architecture(name).image_size
             assert record.preprocess.interpolation == ref["interpolation"] == "bilinear"
 
 

@@ -28,6 +28,7 @@ from clipforge.configs import (
     ClipConfig,
     EvaClipConfig,
     EvaVisionConfig,
+    FastVitMciConfig,
     MobileClipConfig,
     MobileClipVisionConfig,
     PreprocessConfig,
@@ -156,6 +157,25 @@ _EVA_MOBILECLIP_ARCHITECTURES: dict[str, object] = {
     "MobileCLIP-B": MobileClipConfig(embed_dim=512, vision=MobileClipVisionConfig(), text=TextConfig(width=512, heads=8, layers=12)),
     "MobileCLIP2-B": MobileClipConfig(embed_dim=512, vision=MobileClipVisionConfig(), text=TextConfig(width=512, heads=8, layers=12)),
 }
+# MobileCLIP's S models: FastViT-MCi towers (timm's fastvit_mci0..4) and bidirectional text towers.
+_MCI012 = dict(image_size=256, mlp_ratios=(3.0,) * 4, token_mixers=("repmixer",) * 3 + ("attention",),
+               downsamples=(False, True, True, True), se_downsamples=(False, False, True, True),
+               pos_embs=(False, False, False, True))
+_MCI34 = dict(image_size=256, mlp_ratios=(4.0,) * 5, token_mixers=("repmixer",) * 3 + ("attention",) * 2,
+              downsamples=(False, True, True, True, True), se_downsamples=(False,) * 5,
+              pos_embs=(False, False, False, True, True), attention_norm="layernorm", stem_scale_branch=False)
+_MCI = {
+    "mci0": FastVitMciConfig(**_MCI012, layers=(2, 6, 10, 2), embed_dims=(64, 128, 256, 512)),  # type: ignore[arg-type]
+    "mci1": FastVitMciConfig(**_MCI012, layers=(4, 12, 20, 4), embed_dims=(64, 128, 256, 512)),  # type: ignore[arg-type]
+    "mci2": FastVitMciConfig(**_MCI012, layers=(4, 12, 24, 4), embed_dims=(80, 160, 320, 640)),  # type: ignore[arg-type]
+    "mci3": FastVitMciConfig(**_MCI34, layers=(2, 12, 24, 4, 2), embed_dims=(96, 192, 384, 768, 1536)),  # type: ignore[arg-type]
+    "mci4": FastVitMciConfig(**_MCI34, layers=(2, 12, 24, 4, 4), embed_dims=(128, 256, 512, 1024, 2048)),  # type: ignore[arg-type]
+}
+for _name, _mci, _embed, _text in [("MobileCLIP-S1", "mci1", 512, (512, 8)), ("MobileCLIP-S2", "mci2", 512, (512, 8)),
+                                   ("MobileCLIP2-S0", "mci0", 512, (512, 8)), ("MobileCLIP2-S2", "mci2", 512, (512, 8)),
+                                   ("MobileCLIP2-S3", "mci3", 768, (768, 12)), ("MobileCLIP2-S4", "mci4", 768, (768, 12))]:
+    _EVA_MOBILECLIP_ARCHITECTURES[_name] = MobileClipConfig(
+        embed_dim=_embed, vision=_MCI[_mci], text=TextConfig(width=_text[0], heads=_text[1], layers=12), text_causal=False)
 ARCHITECTURES.update(_EVA_MOBILECLIP_ARCHITECTURES)  # type: ignore[arg-type]
 
 # OpenAI's `clip.available_models()` names -> ours (an explicit table, not string munging).
@@ -412,6 +432,19 @@ _RECORDS += [
     _open_clip_family("MobileCLIP-B", "datacompdr_lt", "apple/MobileCLIP-B-LT-OpenCLIP", _ZERO, _ONE, "bilinear",
                       _APPLE_LICENSE, _MOBILECLIP_SOURCE),
     _open_clip_family("MobileCLIP2-B", "dfndr2b", "timm/MobileCLIP2-B-OpenCLIP", _ZERO, _ONE, "bilinear",
+                      _APPLE_LICENSE, _MOBILECLIP2_SOURCE),
+    _open_clip_family("MobileCLIP-S1", "datacompdr", "apple/MobileCLIP-S1-OpenCLIP", _ZERO, _ONE, "bilinear",
+                      _APPLE_LICENSE, _MOBILECLIP_SOURCE),
+    _open_clip_family("MobileCLIP-S2", "datacompdr", "apple/MobileCLIP-S2-OpenCLIP", _ZERO, _ONE, "bilinear",
+                      _APPLE_LICENSE, _MOBILECLIP_SOURCE),
+    _open_clip_family("MobileCLIP2-S0", "dfndr2b", "timm/MobileCLIP2-S0-OpenCLIP", _ZERO, _ONE, "bilinear",
+                      _APPLE_LICENSE, _MOBILECLIP2_SOURCE),
+    _open_clip_family("MobileCLIP2-S2", "dfndr2b", "timm/MobileCLIP2-S2-OpenCLIP", _ZERO, _ONE, "bilinear",
+                      _APPLE_LICENSE, _MOBILECLIP2_SOURCE),
+    # MobileCLIP2-S3/S4 were trained with OpenAI's mean/std (open_clip's _mc2cfg).
+    _open_clip_family("MobileCLIP2-S3", "dfndr2b", "timm/MobileCLIP2-S3-OpenCLIP", OPENAI_MEAN, OPENAI_STD, "bilinear",
+                      _APPLE_LICENSE, _MOBILECLIP2_SOURCE),
+    _open_clip_family("MobileCLIP2-S4", "dfndr2b", "timm/MobileCLIP2-S4-OpenCLIP", OPENAI_MEAN, OPENAI_STD, "bilinear",
                       _APPLE_LICENSE, _MOBILECLIP2_SOURCE),
 ]
 
