@@ -24,7 +24,8 @@ TEXTS = [
 @functools.lru_cache(maxsize=None)
 def spm_model(kind: str = "t5") -> bytes:
     """A small unigram SentencePiece model trained on Debian package descriptions and Chinese lines.
-    kind "t5": SigLIP's ids (pad 0, eos 1, unk 2); "gemma": Gemma's (pad 0, eos 1, bos 2, unk 3)."""
+    kind "t5": SigLIP's (unigram; pad 0, eos 1, unk 2); "gemma": Gemma's (BPE with byte fallback; pad 0,
+    eos 1, bos 2, unk 3)."""
     import sentencepiece
     from tokenizer_corpus import debian_descriptions
 
@@ -32,10 +33,12 @@ def spm_model(kind: str = "t5") -> bytes:
     out = io.BytesIO()
     ids = dict(pad_id=0, eos_id=1, unk_id=2, bos_id=-1) if kind == "t5" else dict(pad_id=0, eos_id=1, bos_id=2, unk_id=3)
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=out, vocab_size=500, model_type="unigram",
+        sentence_iterator=iter(lines), model_writer=out, vocab_size=500, model_type="unigram" if kind == "t5" else "bpe",
         character_coverage=1.0, byte_fallback=kind == "gemma", num_threads=1,
         pad_piece="<pad>", eos_piece="</s>" if kind == "t5" else "<eos>", unk_piece="<unk>",
         bos_piece="<bos>", minloglevel=2, **ids,
+        # Gemma's normalizer adds no "▁" before the text and keeps whitespace runs.
+        **({} if kind == "t5" else dict(add_dummy_prefix=False, remove_extra_whitespaces=False, normalization_rule_name="identity")),
     )
     return out.getvalue()
 
@@ -102,3 +105,32 @@ def open_clip_siglip(seed: int = 0):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     return model
+
+
+def hf_siglip2(seed: int = 0):
+    """transformers' Siglip2Model (NaFlex) at a square 4 x 4 patch grid (32 px, patch 8)."""
+    from transformers import Siglip2Config, Siglip2Model
+
+    torch.manual_seed(seed)
+    config = Siglip2Config(
+        text_config=dict(vocab_size=500, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=64),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           num_patches=16, patch_size=8),
+    )
+    model = Siglip2Model(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model
+
+
+def siglip2_inputs(pixels: torch.Tensor, patch: int = 8) -> dict:
+    """Siglip2ImageProcessor's patch layout of [batch, 3, H, W] pixels: (row, column, channel)-flattened
+    patches, all valid, and the grid shape."""
+    batch, channels, height, width = pixels.shape
+    gh, gw = height // patch, width // patch
+    patches = pixels.reshape(batch, channels, gh, patch, gw, patch).permute(0, 2, 4, 3, 5, 1)
+    return {"pixel_values": patches.reshape(batch, gh * gw, -1),
+            "pixel_attention_mask": torch.ones(batch, gh * gw, dtype=torch.long),
+            "spatial_shapes": torch.tensor([[gh, gw]] * batch)}

@@ -125,7 +125,7 @@ def test_weights_keys_and_arch_names() -> None:
         assert record.arch == (base + "-quickgelu" if record.activation == "quick_gelu" else base)
         assert record.preprocess.image_size == ARCHITECTURES[base].image_size
         assert record.model_config().activation == record.activation
-    assert list_models() == [(r.arch, r.tag) for r in WEIGHTS.values()]
+    assert list_models() == [(r.arch, r.tag) for r in WEIGHTS.values()] + [(m.name, m.hf_hub_id) for m in model_zoo.NAMED_MODELS.values()]
     assert {tag for _, tag in WEIGHTS if tag == "openai"} and len(WEIGHTS) >= 18
 
 

@@ -130,3 +130,20 @@ def test_onnx_export_parity(build, tmp_path):
     one = onnx_session(text_path, threads=1).run(None, {"tokens": t[:1].numpy()})[0]
     with torch.no_grad():
         assert (torch.from_numpy(one) - model.encode_text(t[:1])).abs().max() <= 1e-4
+
+
+@needs_ort
+def test_onnx_text_graph_has_a_dynamic_length(tmp_path):
+    """The text graph runs at any length up to the context: at 77 and at 16 it equals encode_text."""
+    from clipforge.export import export_onnx, onnx_session
+
+    model = small_vit()
+    _, text_path = export_onnx(model, tmp_path)
+    session = onnx_session(text_path)
+    assert session.get_inputs()[0].shape[1] == "length"
+    full = model.example_tokens(3, generator=torch.Generator().manual_seed(1))  # end tokens at 4, 9, 14
+    for length in (full.shape[1], 16):
+        tokens = full[:, :length]
+        out = session.run(None, {"tokens": tokens.numpy()})[0]
+        with torch.no_grad():
+            assert (torch.from_numpy(out) - model.encode_text(tokens)).abs().max() <= 1e-4, length

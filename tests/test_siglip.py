@@ -231,3 +231,166 @@ def test_tokenizer_needs_its_model_file(tmp_path, hf_dir):
 
 def test_spm_model_is_deterministic():
     assert spm_model("t5") == spm_model("t5")
+
+
+def test_cli_classify_score_index_search_on_a_siglip_directory(tmp_path, hf_dir, loaded, capsys):
+    """The CLI is family-blind: classify prints the sigmoid probabilities transformers gives."""
+    import json
+    import shutil
+
+    from image_fixtures import corpus_sample
+    from PIL import Image
+    from transformers import SiglipImageProcessor
+
+    from clipforge.cli.main import main
+
+    hf, hf_tok, path = hf_dir
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, p in enumerate(corpus_sample(3)):
+        shutil.copy(p, folder / f"im{i}{p.suffix}")
+    image = sorted(folder.iterdir())[0]
+    labels = ["cat", "dog", "rose"]
+    assert main(["classify", str(image), "--model", str(path), "--labels", ",".join(labels), "--templates", "none",
+                 "--json", "--top-k", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    row = out[0] if isinstance(out, list) else out["results"][0]
+    predictions = row.get("predictions") or row.get("labels") or row.get("top")
+    got = {p["label"]: p["prob"] if "prob" in p else p["probability"] for p in predictions}
+    pixels = SiglipImageProcessor.from_pretrained(path)(images=[Image.open(image).convert("RGB")],
+                                                        return_tensors="pt").pixel_values
+    with torch.no_grad():
+        ids = hf_tok(labels, padding="max_length", max_length=64, return_tensors="pt").input_ids
+        ref = torch.sigmoid(hf(input_ids=ids, pixel_values=pixels).logits_per_image)[0]
+    for label, prob in zip(labels, ref.tolist()):
+        assert abs(got[label] - prob) <= 1e-4, (label, got[label], prob)
+
+    assert main(["score", str(image), "--model", str(path), "--texts", "cat", "--definition", "probability",
+                 "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)["scores"][0]["score"]
+    assert abs(scored - ref[0].item()) <= 1e-4
+
+    index = tmp_path / "index"
+    assert main(["index", str(folder), "--out", str(index), "--model", str(path), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(index), "a cat", "-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("top 2 of 3") and len(lines) == 3
+
+
+@pytest.fixture(scope="module")
+def hf2_dir(tmp_path_factory):
+    from siglip_helpers import hf_siglip2
+    from transformers import Siglip2Tokenizer
+
+    path = tmp_path_factory.mktemp("hf_siglip2")
+    model = hf_siglip2()
+    model.save_pretrained(path)
+    (path / "tokenizer.model").write_bytes(spm_model("gemma"))
+    tokenizer = Siglip2Tokenizer.from_pretrained(path)  # converted from tokenizer.model by transformers
+    return model, tokenizer, path
+
+
+def test_siglip2_parity_with_transformers_at_a_square_grid(hf2_dir):
+    from siglip_helpers import siglip2_inputs
+
+    hf, hf_tok, path = hf2_dir
+    model, _, tokenizer = clipforge.load(path)
+    assert model.config.variant == "siglip2" and model.config.image_size == 32
+    texts = TEXTS[:6]
+    # Right padding, as big_vision trained it (transformers' Siglip2Tokenizer class defaults to left padding
+    # when a directory's tokenizer_config.json does not say; clipforge always pads right: docs/families.md).
+    ref_ids = hf_tok(texts, padding="max_length", max_length=64, truncation=True, padding_side="right",
+                     return_tensors="pt").input_ids
+    ids = tokenizer(texts)
+    assert torch.equal(ids, ref_ids)
+    pixels = _pixels(3, seed=11)
+    with torch.no_grad():
+        ref = hf(input_ids=ref_ids, **siglip2_inputs(pixels))
+        image, text = model.encode_image(pixels, normalize=True), model.encode_text(ids, normalize=True)
+        logits = model.logits(image, text)
+        vision = hf.vision_model(**siglip2_inputs(pixels), output_hidden_states=True)
+        full = model.encode_image_full(pixels, output_hidden_states=True)
+    diffs = {"image_embeds": _max_diff(image, ref.image_embeds), "text_embeds": _max_diff(text, ref.text_embeds),
+             "logits_per_image": _max_diff(logits, ref.logits_per_image),
+             "hidden_states": max(_max_diff(a, b) for a, b in zip(full.hidden_states, vision.hidden_states))}
+    print("SigLIP 2 vs transformers", diffs)
+    assert max(diffs.values()) <= TOL, diffs
+
+
+def test_gemma_tokenizer_ids_match_siglip2_tokenizer_on_real_text(hf2_dir):
+    from tokenizer_corpus import debian_descriptions
+
+    _, hf_tok, path = hf2_dir
+    tokenizer = clipforge.load(path)[2]
+    assert tokenizer.pad_token_id == 0 and tokenizer.clean == "lower"
+    texts = TEXTS + debian_descriptions()[1][:200]
+    ref = hf_tok(texts, padding="max_length", max_length=64, truncation=True, padding_side="right",
+                 return_tensors="pt").input_ids
+    ours = tokenizer(texts)
+    mismatched = [texts[i] for i in range(len(texts)) if not torch.equal(ours[i], ref[i])]
+    assert not mismatched, mismatched[:5]
+
+
+def test_named_siglip_models_resolve_from_the_hf_cache(tmp_path, monkeypatch, hf_dir):
+    """`load("siglip-base-patch16-224")` finds google/siglip-base-patch16-224 in a Hugging Face cache
+    laid out as huggingface_hub does (offline), and checks the files hold what the name stands for."""
+    import dataclasses
+
+    from test_hub_cache import make_hf_cache
+
+    from clipforge import model_zoo
+    from clipforge.loading import ConfigMismatchError
+
+    assert ("siglip-so400m-patch14-384", "google/siglip-so400m-patch14-384") in clipforge.list_models()
+    entry = model_zoo.NAMED_MODELS["siglip-base-patch16-224"]
+    assert entry.license == "Apache-2.0" and entry.preprocess.resize_mode == "squash"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    files = {p.name: p.read_bytes() for p in hf_dir[2].iterdir() if p.is_file()}
+    make_hf_cache(tmp_path / "hub", entry.hf_hub_id, files)
+    # The cached files are a tiny model, not the released base one: refused, naming both.
+    with pytest.raises(ConfigMismatchError, match="siglip-base-patch16-224"):
+        clipforge.load("siglip-base-patch16-224")
+    tiny = dataclasses.replace(entry, architecture=tiny_config())
+    monkeypatch.setitem(model_zoo.NAMED_MODELS, entry.name, tiny)
+    model, _, tokenizer = clipforge.load("siglip-base-patch16-224")
+    direct = clipforge.load(hf_dir[2])[0]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), direct.state_dict().values()))
+    assert torch.equal(tokenizer(TEXTS[:2]), clipforge.load(hf_dir[2])[2](TEXTS[:2]))
+
+
+def test_onnx_export_of_siglip_at_two_text_lengths(tmp_path, loaded):
+    pytest.importorskip("onnxruntime")
+    from clipforge.export import export_onnx, onnx_parity, onnx_session
+
+    model, _, tokenizer = loaded
+    image_path, text_path = export_onnx(model, tmp_path)
+    diffs = onnx_parity(model, image_path, text_path)
+    print("SigLIP ONNX", diffs)
+    assert diffs["image"] <= 1e-4 and diffs["text"] <= 1e-4, diffs
+    session = onnx_session(text_path)
+    ids = tokenizer(TEXTS[:3])
+    for length in (64, 20):
+        out = session.run(None, {"tokens": ids[:, :length].numpy()})[0]
+        with torch.no_grad():
+            assert _max_diff(torch.from_numpy(out), model.encode_text(ids[:, :length])) <= 1e-4, length
+
+
+def test_convert_siglip_checks_with_transformers(tmp_path, hf_dir):
+    from clipforge.conversion import convert
+
+    report = convert(hf_dir[2], tmp_path / "m.safetensors", "clipforge")
+    assert report.max_abs_diff == 0.0
+    report = convert(tmp_path / "m.safetensors", tmp_path / "hf", "hf")
+    assert report.library_check.startswith("transformers") and "same numbers" in report.library_check
+    with pytest.raises(clipforge.checkpoint_formats.CheckpointError, match="siglip"):
+        convert(hf_dir[2], tmp_path / "m.pt", "openai")
+
+
+def test_inspect_names_a_siglip_directory(hf_dir):
+    from clipforge.inspection import inspect_path
+
+    result = inspect_path(hf_dir[2])
+    assert result.format == "hf" and "siglip model" in result.summary
+    assert any("spiece.model" in n for n in result.notes)

@@ -551,10 +551,10 @@ class SiglipConfig:
     def default_tokenizer(self) -> "TokenizerConfig":
         """SigLIP's SentencePiece tokenizer (its model file must come with the weights): padded to the
         context length. SigLIP: T5's vocabulary, eos = pad = 1, big_vision's clean-up; SigLIP 2: Gemma's,
-        eos 1, pad 0, lower case."""
+        pad 0, lower case, no bos or eos added (transformers' Siglip2Tokenizer's defaults)."""
         if self.variant == "siglip2":
             return TokenizerConfig(kind="sentencepiece", context_length=self.text.context_length, pad_token_id=0,
-                                   eos_token_id=1, clean="lower")
+                                   clean="lower")
         return TokenizerConfig(kind="sentencepiece", context_length=self.text.context_length, pad_token_id=1,
                                eos_token_id=1, clean="canonicalize")
 

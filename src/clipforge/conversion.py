@@ -61,7 +61,8 @@ def convert(
         raise ClipforgeRuntimeError(f"conversion of {source} to {to} changes outputs: max abs difference {diff:.3g} (scale {scale:.3g}); nothing written")
     save(converted, destination, format=to)
     # Read back what was written: it must hold exactly the tensors we checked.
-    written = to_canonical(read_checkpoint(Path(destination)).state_dict, to, family=model.config.family)
+    written_checkpoint = read_checkpoint(Path(destination))
+    written = to_canonical(written_checkpoint.state_dict, written_checkpoint.format, family=written_checkpoint.family)
     for key, tensor in canonical.items():
         if key not in written or not torch.equal(written[key], tensor):
             raise ClipforgeRuntimeError(f"{destination}: tensor {key!r} differs after writing")
@@ -71,13 +72,9 @@ def convert(
 
 def _probe_inputs(model: ClipModel, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    size, text = model.config.image_size, model.config.text
+    size = model.config.image_size
     pixels = torch.randn(2, 3, size, size, generator=gen)
-    tokens = torch.randint(1, text.eot_token_id - 1, (2, text.context_length), generator=gen)
-    tokens[:, 0] = text.sot_token_id
-    tokens[0, 9], tokens[1, text.context_length - 1] = text.eot_token_id, text.eot_token_id
-    tokens[0, 10:] = text.pad_token_id
-    return pixels, tokens
+    return pixels, model.example_tokens(2, generator=gen)  # ids as the model's tokenizer gives them
 
 
 def check_with_target_library(model: ClipModel, destination: Path, to: str, rtol: float = 1e-5) -> str:
@@ -89,7 +86,8 @@ def check_with_target_library(model: ClipModel, destination: Path, to: str, rtol
         if to == "hf":
             import transformers
 
-            reference = transformers.CLIPModel.from_pretrained(destination).eval()
+            # AutoModel: the class config.json's model_type names (CLIPModel, SiglipModel, ...).
+            reference = transformers.AutoModel.from_pretrained(destination).eval()
             name = f"transformers {transformers.__version__}"
 
             def features(m: Any) -> tuple[torch.Tensor, torch.Tensor]:

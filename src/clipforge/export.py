@@ -1,14 +1,18 @@
-"""Export a ClipModel's two towers to ONNX, and check them with onnxruntime.
+"""Export a model's two towers (any family: CLIP, SigLIP, ...) to ONNX, and check them with onnxruntime.
 
     from clipforge.export import export_onnx, onnx_parity
     image_path, text_path = export_onnx(model, "out/")      # out/image_encoder.onnx, out/text_encoder.onnx
     onnx_parity(model, image_path, text_path)               # {"image": max abs diff, "text": ...}
 
 - image tower: input `pixels` [batch, 3, S, S] float32 -> `image_embeds` [batch, embed_dim]
-- text tower: input `tokens` [batch, 77] int64 -> `text_embeds` [batch, embed_dim], pooled at the
-  first end-of-text token exactly as `encode_text` (the graph runs all 77 positions: it has no
-  data-dependent padding skip, so it does more work than `encode_text` on short captions)
-- the batch axis is dynamic in both; embeddings are not normalized (as `encode_image/encode_text`)
+- text tower: input `tokens` [batch, length] int64 -> `text_embeds` [batch, embed_dim], pooled as
+  `encode_text` does (CLIP: at the first end-of-text token; SigLIP: at the last position), via the
+  model's `encode_text_full` (the graph runs every position: it has no data-dependent padding skip,
+  so it does more work than `encode_text` on short captions)
+- the batch axis is dynamic in both; the text length is dynamic too (any length up to the context
+  length: CLIP gives the same embedding for any length that keeps the end token; SigLIP reads the
+  last position, so it must be fed what its tokenizer gives, padded to 64); embeddings are not
+  normalized (as `encode_image/encode_text`)
 
 Export uses torch's TorchScript-based exporter (`dynamo=False`): it needs no extra package.
 onnxruntime is needed only by `onnx_parity` and to run the files (`pip install onnxruntime`).
@@ -50,22 +54,21 @@ class TextEncoder(nn.Module):
 
 
 def _example_tokens(model: nn.Module, batch: int = 2) -> torch.Tensor:
-    text = model.config.text
-    tokens = torch.zeros(batch, text.context_length, dtype=torch.long)
-    tokens[:, 0] = text.sot_token_id
-    tokens[:, 1:4] = 320  # "a"
-    tokens[:, 4] = text.eot_token_id
-    return tokens
+    """Token ids shaped as the model's tokenizer gives them (the model's own `example_tokens`)."""
+    return model.example_tokens(batch, generator=torch.Generator().manual_seed(0))
 
 
-def _export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str, opset: int) -> None:
+def _export(
+    module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str, opset: int,
+    input_axes: Optional[dict[int, str]] = None,
+) -> None:
     with warnings.catch_warnings():
         # The legacy exporter warns about its own deprecation and about traced shape checks.
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module, (example,), str(path), dynamo=False, opset_version=opset,
             input_names=[input_name], output_names=[output_name],
-            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+            dynamic_axes={input_name: input_axes or {0: "batch"}, output_name: {0: "batch"}},
             do_constant_folding=True,
         )
 
@@ -84,7 +87,7 @@ def export_onnx(model: nn.Module, out_dir: Union[str, os.PathLike], opset: int =
         image_path, text_path = out / "image_encoder.onnx", out / "text_encoder.onnx"
         with torch.no_grad():
             _export(ImageEncoder(model), pixels, image_path, "pixels", "image_embeds", opset)
-            _export(TextEncoder(model), tokens, text_path, "tokens", "text_embeds", opset)
+            _export(TextEncoder(model), tokens, text_path, "tokens", "text_embeds", opset, {0: "batch", 1: "length"})
     finally:
         model.train(was_training)
     return image_path, text_path
@@ -115,8 +118,7 @@ def onnx_parity(
     if pixels is None:
         pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
     if tokens is None:
-        tokens = _example_tokens(model, 3)
-        tokens[1, 4:9] = torch.tensor([1125, 539, 320, 2368, model.config.text.eot_token_id])  # longer caption
+        tokens = _example_tokens(model, 3)  # end tokens at different positions
     with torch.no_grad():
         image_ref = model.encode_image(pixels).float()
         text_ref = model.encode_text(tokens).float()

@@ -158,8 +158,44 @@ def inspect_path(path: PathLike) -> Inspection:
     return _inspect_tensors(path, shapes, metadata)
 
 
+def _family_component(family: str, shapes: dict) -> Component:
+    """A model of a family other than CLIP: parameters per tower (by key, `towers.key_tower`)."""
+    from clipforge.checkpoint_formats import key_tower
+
+    per = Counter()
+    for key, (shape, _) in shapes.items():
+        per[key_tower(key)] += _count({key: (shape, "")})
+    details = {"towers": f"image {per['image'] / 1e6:.1f}M, text {per['text'] / 1e6:.1f}M"}
+    return Component(f"{family} model", None, sum(per.values()), _dtype_of(shapes), details)
+
+
+def _other_family(path: Path, keys: list[str], shapes: dict, metadata: dict[str, str]) -> Optional[Inspection]:
+    """An Inspection for a model of another family (SigLIP, ...; docs/families.md), or None for CLIP."""
+    from clipforge.checkpoint_formats import detect_family
+
+    record = None
+    if CLIPFORGE_RECORD_KEY in metadata:
+        record = parse_json(metadata[CLIPFORGE_RECORD_KEY], f"{path} ({CLIPFORGE_RECORD_KEY})")
+        family = (record.get("architecture") or {}).get("family", "clip") if isinstance(record, dict) else "clip"
+        file_format = "clipforge"
+    else:
+        try:
+            family, file_format = detect_family(keys)
+        except CheckpointError:
+            return None
+    if family == "clip":
+        return None
+    component = _family_component(family, shapes)
+    return Inspection(str(path), file_format, f"a {family} model, {file_format} layout", [component], record=record,
+                      notes=["docs/families.md: what this family differs in and how it is tested"],
+                      usage=_clip_usage(path))
+
+
 def _inspect_tensors(path: Path, shapes: dict, metadata: dict[str, str], fmt: Optional[str] = None) -> Inspection:
     keys = list(shapes)
+    other = _other_family(path, keys, shapes, metadata)
+    if other is not None:
+        return other
     if CLIPFORGE_RECORD_KEY in metadata:
         record = parse_json(metadata[CLIPFORGE_RECORD_KEY], f"{path} ({CLIPFORGE_RECORD_KEY})")
         component = _clip_component(to_canonical(_meta(shapes), "clipforge"), shapes, "CLIP model")
@@ -248,8 +284,8 @@ def _inspect_dir(path: Path) -> Inspection:
             if fmt == "hf" and optional_file(path / "config.json"):
                 config = read_json(path / "config.json", "config.json")
                 result.notes = [f"config.json: model_type {config.get('model_type')!r}"] + [
-                    f"{n} present" for n in ("preprocessor_config.json", "tokenizer_config.json", "vocab.json")
-                    if (path / n).exists()]
+                    f"{n} present" for n in ("preprocessor_config.json", "tokenizer_config.json", "vocab.json",
+                                             "spiece.model", "tokenizer.model") if (path / n).exists()]
             return result
     raise CheckpointError(f"{path}: a folder with no checkpoint clipforge reads (no model_index.json, "
                           "model.safetensors, pytorch_model.bin or open_clip_model.safetensors)")

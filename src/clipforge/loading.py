@@ -123,6 +123,9 @@ def load(
             raise InvalidInputError(f"got both a named architecture {name!r} and arch={arch!r}; pass one")
         model, record = _load_named(name, weights, cache_dir=cache_dir, offline=offline,
                                     allow_nonfinite=allow_nonfinite, tower=tower)
+    elif name in model_zoo.NAMED_MODELS:  # a released model of another family (SigLIP, ...): its hub repo
+        model, record = _load_named_model(model_zoo.NAMED_MODELS[name], arch, offline=offline,
+                                          allow_nonfinite=allow_nonfinite, tower=tower)
     elif "/" in name and not name.startswith((".", "/")):
         model, record = _load_hub_id(name, arch, offline=offline, allow_nonfinite=allow_nonfinite, tower=tower)
     else:
@@ -297,6 +300,21 @@ def _load_hub_id(
         record = record.replace(preprocess=checkpoint.preprocess)
     if checkpoint.pad_token_id is not None:
         record = record.replace(tokenizer=dataclasses.replace(record.tokenizer, pad_token_id=checkpoint.pad_token_id))
+    return model, record
+
+
+def _load_named_model(
+    entry: "model_zoo.NamedModel", arch: Union[str, ClipConfig, None], *, offline: Optional[bool],
+    allow_nonfinite: bool = False, tower: Towers = "both",
+) -> tuple[Any, ModelRecord]:
+    """A NAMED_MODELS entry: its hub repo's own files, which must hold the entry's family and image tower."""
+    model, record = _load_hub_id(entry.hf_hub_id, arch, offline=offline, allow_nonfinite=allow_nonfinite, tower=tower)
+    want = entry.architecture
+    if model.config.family != want.family or model.config.vision != want.vision:
+        raise ConfigMismatchError(
+            f"{entry.name}: the files of {entry.hf_hub_id} hold a {model.config.family} model with image tower "
+            f"{model.config.vision}, not the {want.family} {want.vision} this name stands for"
+        )
     return model, record
 
 

@@ -19,7 +19,7 @@ import dataclasses
 import difflib
 import os
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from clipforge.configs import (
     OPENAI_MEAN,
@@ -33,6 +33,9 @@ from clipforge.configs import (
     MobileClipVisionConfig,
     PreprocessConfig,
     ResNetConfig,
+    SiglipConfig,
+    SiglipTextConfig,
+    SiglipVisionConfig,
     TextConfig,
     VisionTransformerConfig,
 )
@@ -42,6 +45,8 @@ __all__ = [
     "ARCHITECTURES",
     "WEIGHTS",
     "HF_HUB_IDS",
+    "NAMED_MODELS",
+    "NamedModel",
     "OPENAI_MODEL_NAMES",
     "FileFormat",
     "WeightsRecord",
@@ -490,8 +495,9 @@ def get_weights(arch: str, tag: str) -> WeightsRecord:
 
 
 def list_models() -> list[tuple[str, str]]:
-    """(architecture, tag) pairs of every named weights, architecture spelled as the weights need it."""
-    return [(r.arch, r.tag) for r in WEIGHTS.values()]
+    """(architecture, tag) pairs of every named CLIP weights, architecture spelled as the weights need
+    it; then (name, hub id) of every released model of another family (NAMED_MODELS)."""
+    return [(r.arch, r.tag) for r in WEIGHTS.values()] + [(m.name, m.hf_hub_id) for m in NAMED_MODELS.values()]
 
 
 def describe_tags(arch: str) -> str:
@@ -507,7 +513,7 @@ BUNDLED_MODEL_NAME = "clipforge-mini"
 def suggest_names(name: str) -> str:
     """"did you mean: X, Y?" among every name `clipforge.load` knows (the bundled model, architectures
     in both spellings, hub ids); or where to see them all."""
-    known = [BUNDLED_MODEL_NAME, *ARCHITECTURES, *OPENAI_MODEL_NAMES, *HF_HUB_IDS,
+    known = [BUNDLED_MODEL_NAME, *ARCHITECTURES, *OPENAI_MODEL_NAMES, *HF_HUB_IDS, *NAMED_MODELS,
              *(r.hf_hub_id for r in WEIGHTS.values() if r.hf_hub_id)]
     close = difflib.get_close_matches(name, list(dict.fromkeys(known)), n=3, cutoff=0.6)
     if not close and "/" in name:  # a hub id: compare within the same organisation
@@ -543,6 +549,74 @@ def lookup_hf_hub_id(hub_id: str) -> Optional[WeightsRecord]:
     return None
 
 
+# ---- other families: released models by name -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A released model of another family (SigLIP, ...), by name: a transformers hub repo whose own
+    files (config.json, weights, tokenizer model, preprocessor_config.json) state every number; the
+    entry says what those files must hold (`architecture`'s image tower is checked against the repo's
+    config when it loads) and documents the rest. `clipforge.load(name)` resolves it through the
+    hub cache like any hub id."""
+
+    name: str
+    hf_hub_id: str
+    architecture: Any  # the family's config (SiglipConfig, ...), as the repo's config.json states it
+    preprocess: PreprocessConfig
+    tokenizer: str  # what the repo's tokenizer files are (the bytes come from the repo, not from here)
+    license: str
+    source: str
+
+    @property
+    def family(self) -> str:
+        return self.architecture.family
+
+
+_SIGLIP_SOURCE = "https://arxiv.org/abs/2303.15343 (Zhai et al. 2023); https://github.com/google-research/big_vision"
+_SIGLIP2_SOURCE = "https://arxiv.org/abs/2502.14786 (Tschannen et al. 2025); https://github.com/google-research/big_vision"
+_SIGLIP_TOKENIZER = "SentencePiece (T5 vocabulary, 32,000; spiece.model), canonicalized (lower case, no punctuation), eos 1, padded to 64 with 1"
+_GEMMA_TOKENIZER = "SentencePiece (Gemma vocabulary, 256,000; tokenizer.model), lower case, padded to 64 with 0"
+# (width, layers, heads, mlp width) of SigLIP's towers; so400m's shapes are the "shape-optimized" ones.
+_SIGLIP_SIZES = {"base": (768, 12, 12, 3072), "large": (1024, 24, 16, 4096), "so400m": (1152, 27, 16, 4304)}
+
+
+def _siglip(name: str, size: str, patch: int, image: int, *, variant: str = "siglip", vocab: int = 32000) -> NamedModel:
+    width, layers, heads, mlp = _SIGLIP_SIZES[size]
+    config = SiglipConfig(
+        embed_dim=width,
+        vision=SiglipVisionConfig(image_size=image, patch_size=patch, width=width, layers=layers, heads=heads, mlp_width=mlp),
+        text=SiglipTextConfig(context_length=64, vocab_size=vocab, width=width, heads=heads, layers=layers, mlp_width=mlp),
+        variant=variant,  # type: ignore[arg-type]
+    )
+    return NamedModel(
+        name=name, hf_hub_id=f"google/{name}", architecture=config, preprocess=config.default_preprocess(),
+        tokenizer=_GEMMA_TOKENIZER if variant == "siglip2" else _SIGLIP_TOKENIZER,
+        license="Apache-2.0", source=_SIGLIP2_SOURCE if variant == "siglip2" else _SIGLIP_SOURCE,
+    )
+
+
+_NAMED: list[NamedModel] = [
+    _siglip("siglip-base-patch16-224", "base", 16, 224),
+    _siglip("siglip-base-patch16-256", "base", 16, 256),
+    _siglip("siglip-base-patch16-384", "base", 16, 384),
+    _siglip("siglip-base-patch16-512", "base", 16, 512),
+    _siglip("siglip-large-patch16-256", "large", 16, 256),
+    _siglip("siglip-large-patch16-384", "large", 16, 384),
+    _siglip("siglip-so400m-patch14-224", "so400m", 14, 224),
+    _siglip("siglip-so400m-patch14-384", "so400m", 14, 384),
+    _siglip("siglip2-base-patch16-224", "base", 16, 224, variant="siglip2", vocab=256000),
+    _siglip("siglip2-base-patch16-256", "base", 16, 256, variant="siglip2", vocab=256000),
+    _siglip("siglip2-base-patch16-384", "base", 16, 384, variant="siglip2", vocab=256000),
+    _siglip("siglip2-large-patch16-256", "large", 16, 256, variant="siglip2", vocab=256000),
+    _siglip("siglip2-large-patch16-384", "large", 16, 384, variant="siglip2", vocab=256000),
+    _siglip("siglip2-so400m-patch14-224", "so400m", 14, 224, variant="siglip2", vocab=256000),
+    _siglip("siglip2-so400m-patch14-384", "so400m", 14, 384, variant="siglip2", vocab=256000),
+]
+# name -> entry; other families' engineers add their released models here.
+NAMED_MODELS: dict[str, NamedModel] = {m.name: m for m in _NAMED}
+
+
 # ---- documentation ---------------------------------------------------------------------------------
 
 
@@ -571,4 +645,7 @@ def weights_table_markdown() -> str:
         )
     hf_header = "\n\n| transformers-format hub id | arch | tag |\n|---|---|---|\n"
     hf_rows = [f"| `{hub_id}` | `{WEIGHTS[key].arch}` | `{key[1]}` |" for hub_id, key in HF_HUB_IDS.items()]
-    return header + "\n".join(rows) + hf_header + "\n".join(hf_rows) + "\n"
+    named_header = "\n\n| name | family | hub id | image | tokenizer | licence |\n|---|---|---|---|---|---|\n"
+    named_rows = [f"| `{m.name}` | {m.family} ({m.architecture.variant}) | `{m.hf_hub_id}` | {m.preprocess.image_size} squash "
+                  f"| {m.tokenizer} | {m.license} |" for m in NAMED_MODELS.values()]
+    return header + "\n".join(rows) + hf_header + "\n".join(hf_rows) + named_header + "\n".join(named_rows) + "\n"

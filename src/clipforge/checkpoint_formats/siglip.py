@@ -356,7 +356,8 @@ def open_clip_config_to_config(model_cfg: dict[str, Any]) -> SiglipConfig:
 def read_hf_tokenizer(directory: Path) -> Optional[TokenizerConfig]:
     """The SentencePiece tokenizer of a transformers SigLIP directory: spiece.model (SiglipTokenizer:
     big_vision's clean-up, eos "</s>", pad "</s>" unless tokenizer_config.json says otherwise) or
-    tokenizer.model (Gemma's, SigLIP 2: lower case, eos "<eos>", pad "<pad>"). None when neither file is there."""
+    tokenizer.model (Gemma's, SigLIP 2: lower case, pad "<pad>", bos / eos only where tokenizer_config.json's
+    add_bos_token / add_eos_token say so, as transformers' Siglip2Tokenizer). None when neither file is there."""
     import sentencepiece
 
     for name, gemma in (("spiece.model", False), ("tokenizer.model", True)):
@@ -387,7 +388,7 @@ def read_hf_tokenizer(directory: Path) -> Optional[TokenizerConfig]:
         context = int(settings.get("model_max_length", 64)) if int(settings.get("model_max_length", 64)) < 2**16 else 64
         if gemma:
             return TokenizerConfig(kind="sentencepiece", context_length=context, pad_token_id=token_id("pad_token", "<pad>"),
-                                   eos_token_id=token_id("eos_token", "<eos>") if settings.get("add_eos_token", True) else None,
+                                   eos_token_id=token_id("eos_token", "<eos>") if settings.get("add_eos_token", False) else None,
                                    bos_token_id=token_id("bos_token", "<bos>") if settings.get("add_bos_token", False) else None,
                                    clean="lower", model=model)
         return TokenizerConfig(kind="sentencepiece", context_length=context, pad_token_id=token_id("pad_token", "</s>"),

@@ -18,7 +18,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     print(f"{model_zoo.BUNDLED_MODEL_NAME}\t(bundled, the default: no download)")
     for arch, tag in model_zoo.list_models():
-        print(f"{arch}\t{tag}")
+        if arch in model_zoo.NAMED_MODELS:
+            entry = model_zoo.NAMED_MODELS[arch]
+            print(f"{arch}\t(Hugging Face repo {tag}: {entry.family}, {entry.license})")
+        else:
+            print(f"{arch}\t{tag}")
     for hub_id, (arch, tag) in model_zoo.HF_HUB_IDS.items():
         print(f"{hub_id}\t(Hugging Face repo: {arch}, {tag})")
     return 0

@@ -25,7 +25,8 @@ EPILOG = """examples:
 
 definitions: torchmetrics = max(100 * mean cos, 0), one number for all pairs (torchmetrics' CLIPScore);
 paper = 2.5 * max(cos, 0) per pair (Hessel et al. 2021); paper_prefix = paper with "A photo depicts " before
-each caption. Pairs are (IMAGES[i], texts[i]); a single caption is scored against every image.
+each caption; probability = the model's own per-pair match probability (SigLIP's sigmoid; CLIP has none).
+Pairs are (IMAGES[i], texts[i]); a single caption is scored against every image.
 """
 
 
@@ -39,7 +40,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--texts", nargs="+", required=True, metavar="TEXT",
                    help="one caption per image, or one for all (give it after the images)")
     add_model_arguments(p)
-    p.add_argument("--definition", default="torchmetrics", choices=["torchmetrics", "paper", "paper_prefix"])
+    p.add_argument("--definition", default="torchmetrics", choices=["torchmetrics", "paper", "paper_prefix", "probability"])
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=run)
     return p

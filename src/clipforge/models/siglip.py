@@ -25,6 +25,7 @@ from torch import nn
 from clipforge.configs import Activation, ModelRecord, SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 from clipforge.errors import InvalidInputError
 from clipforge.models.family import ImageOutput, Towers, check_towers, image_tokens, require_tower
+from clipforge.models.text_transformer import TextOutput
 from clipforge.nn import LayerNorm, Transformer
 from clipforge.nn.layers import MLP
 
@@ -152,6 +153,7 @@ class SiglipModel(nn.Module):
         self.text = SiglipTextTransformer(config.text, config.embed_dim, act, eps) if towers != "image" else None
         self.logit_scale = nn.Parameter(torch.tensor(10.0).log())  # big_vision's init: temperature 10, bias -10
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))
+        self.initialize_parameters()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -169,7 +171,7 @@ class SiglipModel(nn.Module):
                 continue
             if p.dim() >= 2:
                 nn.init.normal_(p, std=0.02)
-            elif name.endswith("weight") and ("ln" in name):
+            elif name.endswith("weight") and name.split(".")[-2].startswith("ln"):  # LayerNorm scales
                 nn.init.ones_(p)
             else:
                 nn.init.zeros_(p)
@@ -198,6 +200,13 @@ class SiglipModel(nn.Module):
         require_tower(self, "text")
         features = self.text.forward_full(tokens)[2]
         return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text_full(self, tokens: torch.Tensor, output_hidden_states: bool = False) -> TextOutput:
+        """Per-token states and the pooled embedding (`TextOutput`, as CLIP's): last_hidden_state after
+        ln_final, pooled = its last position, text_embeds = the head's output; hidden states before ln_final."""
+        require_tower(self, "text")
+        last, pooled, embeds, hidden = self.text.forward_full(tokens, output_hidden_states)
+        return TextOutput(last, pooled, embeds, hidden)
 
     def example_tokens(self, batch: int = 2, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """[batch, context] ids shaped like the tokenizer's output (words, eos 1, padding 1): for

@@ -9,6 +9,9 @@ Two definitions are in use and they give different numbers, so the caller picks 
   Captioning": ``2.5 * max(cos_i, 0)`` per pair (clamped per pair), one number per pair.
 * ``"paper_prefix"`` — the same with the paper's prompt: every text is read as
   ``"A photo depicts " + text`` (as the authors' clipscore.py does).
+* ``"probability"`` — the model's own probability that the pair matches, judged on that pair
+  alone (``model.pair_probabilities``: SigLIP's sigmoid). Only for families whose training defines
+  one; CLIP's softmax compares texts with each other, so a CLIP model refuses it.
 
 ``cos_i`` is the cosine between the two embeddings of pair ``i`` (pairs, not all-against-all).
 """
@@ -26,14 +29,14 @@ from clipforge.encoding import encode_pixels, encode_tokens
 from clipforge.errors import InvalidInputError
 from clipforge.image import Preprocess
 from clipforge.models import ClipModel
-from clipforge.text import Tokenizer
+from clipforge.text import Tokenizer, tokenizer_from_config
 
-Definition = Literal["torchmetrics", "paper", "paper_prefix"]
+Definition = Literal["torchmetrics", "paper", "paper_prefix", "probability"]
 Kind = Literal["image-text", "image-image", "text-text"]
 ImageInput = Union[Image.Image, Sequence[Image.Image], torch.Tensor, Sequence[torch.Tensor]]
 TextInput = Union[str, Sequence[str], torch.Tensor]
 
-DEFINITIONS: tuple[str, ...] = ("torchmetrics", "paper", "paper_prefix")
+DEFINITIONS: tuple[str, ...] = ("torchmetrics", "paper", "paper_prefix", "probability")
 KINDS: tuple[str, ...] = ("image-text", "image-image", "text-text")
 PAPER_WEIGHT = 2.5  # w in CLIP-S = w * max(cos, 0); rescales the scores to roughly [0, 1]
 PAPER_PREFIX = "A photo depicts "
@@ -79,7 +82,19 @@ def clip_score(
             raise InvalidInputError(f"expected as many {first_kind}s as {second_kind}s, got {len(a)} and {len(b)}")
         if len(a) == 0 or len(b) == 0:
             raise InvalidInputError("clip_score needs at least one pair")
-        cos = (F.normalize(a.float(), dim=-1) * F.normalize(b.float(), dim=-1)).sum(dim=-1)  # [n_pairs]
+        a, b = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
+        if definition == "probability":
+            if kind != "image-text":
+                raise InvalidInputError("definition='probability' scores image-text pairs only")
+            a, b = torch.broadcast_tensors(a, b)
+            probs = model.pair_probabilities(a, b)
+            if probs is None:
+                raise InvalidInputError(
+                    f"this {model.record.family} model defines no per-pair probability (its training compares texts "
+                    "with each other): use definition 'torchmetrics' or 'paper', or zero-shot classification"
+                )
+            return probs.float()
+        cos = (a * b).sum(dim=-1)  # [n_pairs]
         return score_from_cosine(cos, definition)
 
 
@@ -162,6 +177,5 @@ def _tokens(model: ClipModel, texts: TextInput, definition: str, tokenizer: Opti
     texts = list(texts)
     if definition == "paper_prefix":
         texts = [PAPER_PREFIX + t for t in texts]
-    tokenizer = tokenizer or Tokenizer(context_length=model.record.tokenizer.context_length,
-                                       pad_token_id=model.record.tokenizer.pad_token_id)
+    tokenizer = tokenizer or tokenizer_from_config(model.record.tokenizer)  # the model's own (any family)
     return tokenizer(texts)
