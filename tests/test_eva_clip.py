@@ -358,3 +358,13 @@ def test_cli_classify_index_search_on_an_eva_file(reference, tmp_path, capsys):
     assert main(["search", str(index), "a cat", "-k", "2"]) == 0
     hits = [line for line in capsys.readouterr().out.splitlines() if "im" in line and str(folder.name) in line]
     assert len(hits) == 2, hits
+
+
+def test_inspect_names_the_family_and_only_formats_it_can_write(reference):
+    from clipforge.inspection import inspect_path
+
+    _, _, bare = reference
+    found = inspect_path(bare)
+    assert found.format == "open_clip" and "eva_clip" in found.summary
+    convert = next(line for line in found.usage if line.startswith("clipforge convert"))
+    assert "--to clipforge" in convert and "open_clip" in convert and "hf" not in convert
