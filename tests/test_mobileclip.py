@@ -339,3 +339,46 @@ def test_full_size_fastvit_shapes_match_open_clip(name):
     assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == expected_shapes(cfg)
     assert not cfg.text_causal  # the S models' text towers are bidirectional
     assert mobileclip_config_to_open_clip_config(cfg)["vision_cfg"]["timm_model_name"] == oc["vision_cfg"]["timm_model_name"]
+
+
+@pytest.mark.slow
+def test_full_size_mobileclip_s2_parity_and_named_load(tmp_path, monkeypatch):
+    """Real-size MobileCLIP-S2 (FastViT-MCi2, bidirectional text; open_clip's own random init with random
+    BatchNorm statistics): clipforge reads open_clip's hub directory and matches it; the named weights
+    load offline from a Hugging Face cache laid out as huggingface_hub does."""
+    from references import randomize_batchnorm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    oc = open_clip.get_model_config("MobileCLIP-S2")
+    ref = open_clip.model.CustomTextCLIP(**{k: v for k, v in oc.items() if k != "custom_text"}).eval()
+    randomize_batchnorm(ref, seed=1)
+    src = tmp_path / "src"
+    src.mkdir()
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(src / "open_clip_model.safetensors"))
+    (src / "open_clip_config.json").write_text(json.dumps({"model_cfg": oc, "preprocess_cfg": {
+        "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "interpolation": "bilinear"}}))
+    model, preprocess, _ = clipforge.load(src)
+    assert not model.config.text_causal and preprocess.config.interpolation == "bilinear"
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 256, 256, generator=g)
+    tokens = torch.zeros(2, 77, dtype=torch.long)
+    tokens[:, 0], tokens[0, 1:6], tokens[0, 6], tokens[1, 1:30], tokens[1, 30] = 49406, 320, 49407, 1125, 49407
+    with torch.no_grad():
+        ours_i, ours_t = model.encode_image(images), model.encode_text(tokens)
+        ref_i, ref_t = ref.encode_image(images), ref.encode_text(tokens)
+    diff_i, diff_t = (ours_i - ref_i).abs().max().item(), (ours_t - ref_t).abs().max().item()
+    print(f"MobileCLIP-S2 fp32 max abs diff: image {diff_i:.3g} (scale {ref_i.abs().max():.3g}), text {diff_t:.3g}")
+    assert diff_i <= 1e-5 * max(1.0, ref_i.abs().max().item()) and diff_t <= 1e-5 * max(1.0, ref_t.abs().max().item())
+    hub_id = "apple/MobileCLIP-S2-OpenCLIP"
+    snapshot = tmp_path / "hf" / ("models--" + hub_id.replace("/", "--")) / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    (snapshot / "open_clip_model.safetensors").symlink_to(src / "open_clip_model.safetensors")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("CLIPFORGE_CACHE", str(tmp_path / "cf"))
+    named, named_preprocess, _ = clipforge.load("MobileCLIP-S2", "datacompdr", offline=True)
+    assert named.config == model.config and named_preprocess.config.mean == (0.0, 0.0, 0.0)
+    with torch.no_grad():
+        assert torch.equal(named.encode_text(tokens), ours_t)
