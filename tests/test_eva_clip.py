@@ -368,3 +368,22 @@ def test_inspect_names_the_family_and_only_formats_it_can_write(reference):
     assert found.format == "open_clip" and "eva_clip" in found.summary
     convert = next(line for line in found.usage if line.startswith("clipforge convert"))
     assert "--to clipforge" in convert and "open_clip" in convert and "hf" not in convert
+
+
+def test_token_features_match_timm_blocks(reference):
+    """encode_image_full's hidden states are the timm blocks' outputs (hook on the reference); image_tokens
+    is the penultimate block without the class token, last_hidden_state timm's forward_features."""
+    ref, _, bare = reference
+    with pytest.warns(clipforge.errors.AssumptionWarning):
+        model, _, _ = clipforge.load(bare)
+    images, _ = inputs()
+    captured = []
+    hook = ref.visual.trunk.blocks[-2].register_forward_hook(lambda m, i, o: captured.append(o))
+    with torch.no_grad():
+        features = ref.visual.trunk.forward_features(images)
+        out = model.encode_image_full(images, output_hidden_states=True)
+        tokens = model.image_tokens(images)
+    hook.remove()
+    assert len(out.hidden_states) == 1 + TINY.vision.layers and out.num_prefix_tokens == 1
+    assert torch.equal(out.hidden_states[-2], captured[0]) and torch.equal(tokens, captured[0][:, 1:])
+    assert (out.last_hidden_state - features).abs().max() <= TOL

@@ -338,7 +338,12 @@ def test_full_size_fastvit_shapes_match_open_clip(name):
     assert {k: tuple(v.shape) for k, v in canonical.items()} == expected_shapes(cfg)
     assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == expected_shapes(cfg)
     assert not cfg.text_causal  # the S models' text towers are bidirectional
-    assert mobileclip_config_to_open_clip_config(cfg)["vision_cfg"]["timm_model_name"] == oc["vision_cfg"]["timm_model_name"]
+    written = mobileclip_config_to_open_clip_config(cfg)  # what an open_clip directory we write holds
+    assert written["vision_cfg"]["timm_model_name"] == oc["vision_cfg"]["timm_model_name"]
+    with torch.device("meta"):
+        rebuilt = open_clip.model.CustomTextCLIP(**{k: v for k, v in written.items() if k != "custom_text"})
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    assert rebuilt.text.attn_mask is None  # open_clip builds the bidirectional text tower from it
 
 
 @pytest.mark.slow
@@ -382,3 +387,17 @@ def test_full_size_mobileclip_s2_parity_and_named_load(tmp_path, monkeypatch):
     assert named.config == model.config and named_preprocess.config.mean == (0.0, 0.0, 0.0)
     with torch.no_grad():
         assert torch.equal(named.encode_text(tokens), ours_t)
+
+
+def test_fastvit_hidden_states_are_timm_stage_outputs(fastvit_reference):
+    _, ref, path = fastvit_reference
+    model, _, _ = load_fastvit(path)
+    images, _ = fastvit_inputs()
+    captured = []
+    hook = ref.visual.trunk.stages[-2].register_forward_hook(lambda m, i, o: captured.append(o))
+    with torch.no_grad():
+        ref.encode_image(images)
+        out = model.encode_image_full(images, output_hidden_states=True)
+    hook.remove()
+    assert (out.hidden_states[-2] - captured[0].flatten(2).transpose(1, 2)).abs().max() <= TOL
+    assert torch.equal(model.image_tokens(images, drop_class_token=True), out.hidden_states[-2])  # no class token
