@@ -368,7 +368,9 @@ def _file_record(
         tokenizer = TokenizerConfig(context_length=config.text.context_length,
                                     pad_token_id=checkpoint.pad_token_id if checkpoint.pad_token_id is not None else 0)
     else:
-        tokenizer = checkpoint.tokenizer or config.default_tokenizer()
+        # Padded to the text tower's own length: SigLIP reads the last position, so the padding must
+        # reach exactly where training put it.
+        tokenizer = (checkpoint.tokenizer or config.default_tokenizer()).replace(context_length=config.text.context_length)
     provenance = Provenance(checkpoint.format, source, architecture_name=model_zoo.architecture_name(config))
     return ModelRecord(config, preprocess, tokenizer, provenance)
 

@@ -385,7 +385,7 @@ def read_hf_tokenizer(directory: Path) -> Optional[TokenizerConfig]:
                 raise CheckpointError(f"{path}: {key} {str(token)[:30]!r} is not in the vocabulary")
             return i
 
-        context = int(settings.get("model_max_length", 64)) if int(settings.get("model_max_length", 64)) < 2**16 else 64
+        context = 64  # loading sets the model's own context length (what the text tower was trained on)
         if gemma:
             return TokenizerConfig(kind="sentencepiece", context_length=context, pad_token_id=token_id("pad_token", "<pad>"),
                                    eos_token_id=token_id("eos_token", "<eos>") if settings.get("add_eos_token", False) else None,

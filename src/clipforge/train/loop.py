@@ -86,6 +86,10 @@ def build_model(config: TrainConfig) -> tuple[ClipModel, PreprocessConfig, Optio
         from clipforge.loading import load
 
         model, preprocess, _ = load(config.model.init, config.model.init_weights, arch=config.model.init_arch, dtype=torch.float32)
+        if not isinstance(model, ClipModel):
+            # Training implements CLIP's contrastive (softmax) loss only; SigLIP needs its sigmoid loss.
+            raise InvalidInputError(f"{config.model.init}: a {model.config.family} model; training supports CLIP "
+                                    "models only (docs/families.md)")
         preprocess_cfg = preprocess.config
         if config.model.wise_ft_alpha is not None:
             initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
