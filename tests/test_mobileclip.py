@@ -401,3 +401,12 @@ def test_fastvit_hidden_states_are_timm_stage_outputs(fastvit_reference):
     hook.remove()
     assert (out.hidden_states[-2] - captured[0].flatten(2).transpose(1, 2)).abs().max() <= TOL
     assert torch.equal(model.image_tokens(images, drop_class_token=True), out.hidden_states[-2])  # no class token
+
+
+@pytest.mark.parametrize("name", ["MobileCLIP-S2", "MobileCLIP-B"])
+def test_plan_refuses_other_families_in_one_line(name, capsys):
+    from clipforge.cli.main import main
+
+    assert main(["plan", "--model", name, "--pairs", "1M", "--gpu", "H100"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mobileclip model" in err[0] and "CLIP architectures only" in err[0]
