@@ -387,3 +387,14 @@ def test_token_features_match_timm_blocks(reference):
     assert len(out.hidden_states) == 1 + TINY.vision.layers and out.num_prefix_tokens == 1
     assert torch.equal(out.hidden_states[-2], captured[0]) and torch.equal(tokens, captured[0][:, 1:])
     assert (out.last_hidden_state - features).abs().max() <= TOL
+
+
+def test_open_clip_drop_in_api_refuses_other_families(reference):
+    from clipforge.compat.open_clip import _as_open_clip_model
+
+    _, _, bare = reference
+    with pytest.warns(clipforge.errors.AssumptionWarning):
+        model, _, _ = clipforge.load(bare)
+    with pytest.raises(clipforge.errors.InvalidInputError, match="eva_clip model"):
+        _as_open_clip_model(model, False)
+    assert type(model) is EvaClipModel  # untouched
