@@ -17,14 +17,22 @@ rotary grid every EVA02-CLIP release uses).
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Optional
 
 import torch
 
-from ..configs import EvaClipConfig, EvaVisionConfig, TextConfig
+from ..configs import EvaClipConfig, EvaVisionConfig
 from .errors import CheckpointError
-from .infer_config import _sane_float, _sane_int, _transformer_shapes, mlp_ratio_for
+from .infer_config import _sane_float, _sane_int, mlp_ratio_for
+from .open_clip_text import (
+    check_text_limits,
+    compare_shapes,
+    infer_text_config,
+    layer_count,
+    require,
+    text_config_from_open_clip,
+    text_shapes,
+)
 from .open_clip import open_clip_to_canonical as clip_open_clip_to_canonical
 from .open_clip import strip_wrapper_prefix
 
@@ -101,20 +109,6 @@ def describe(cfg: EvaClipConfig) -> str:
             f"text {t.layers}x{t.width}; embed {cfg.embed_dim})")
 
 
-def text_shapes(t: TextConfig, embed_dim: int) -> dict[str, Shape]:
-    """CLIP's text tower and logit_scale, canonical names."""
-    out: dict[str, Shape] = {
-        "positional_embedding": (t.context_length, t.width),
-        "text_projection": (t.width, embed_dim),
-        "logit_scale": (),
-    }
-    out.update(_transformer_shapes("", t.width, t.layers, t.mlp_width))
-    out["token_embedding.weight"] = (t.vocab_size, t.width)
-    out["ln_final.weight"] = (t.width,)
-    out["ln_final.bias"] = (t.width,)
-    return out
-
-
 def vision_shapes(v: EvaVisionConfig, embed_dim: int) -> dict[str, Shape]:
     w, h = v.width, v.mlp_width
     out: dict[str, Shape] = {
@@ -147,19 +141,6 @@ def expected_shapes(cfg: EvaClipConfig) -> dict[str, Shape]:
     return {**vision_shapes(cfg.vision, cfg.embed_dim), **text_shapes(cfg.text, cfg.embed_dim)}
 
 
-def check_text_limits(t: Any, source: str) -> None:
-    if not isinstance(t, TextConfig):
-        raise CheckpointError(f"{source}: text is a {type(t).__name__}, not a text config")
-    for name, high in (("layers", 4096), ("width", 2**16), ("heads", 2**12), ("context_length", 2**16),
-                       ("vocab_size", 2**24)):
-        _sane_int(getattr(t, name), f"text.{name}", 1, high, source)
-    _sane_int(t.mlp_width, "text MLP width", 1, 2**20, source)
-    for name in ("sot_token_id", "eot_token_id", "pad_token_id"):
-        _sane_int(getattr(t, name), f"text.{name}", 0, t.vocab_size - 1, source)
-    if t.width % t.heads:
-        raise CheckpointError(f"{source}: text.heads={t.heads} does not divide text.width={t.width}")
-
-
 def check_config_limits(cfg: EvaClipConfig, source: str = "config") -> None:
     """Every size a sane int (cheap; before any key list is built), heads dividing widths."""
     v = cfg.vision
@@ -180,29 +161,6 @@ def check_config_limits(cfg: EvaClipConfig, source: str = "config") -> None:
     _sane_float(cfg.init_logit_scale, "init_logit_scale", -100.0, 100.0, source)
 
 
-def layer_count(state_dict: StateDict, prefix: str) -> int:
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    return len({m.group(1) for k in state_dict if (m := pattern.match(k))})
-
-
-def compare_shapes(state_dict: StateDict, expected: dict[str, Shape], name: str) -> None:
-    """Raise CheckpointError unless `state_dict` has exactly the `expected` keys and shapes."""
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    problems = []
-    for key, shape in expected.items():
-        if key in state_dict and tuple(state_dict[key].shape) != shape:
-            problems.append(f"first shape mismatch: '{key}' has shape {tuple(state_dict[key].shape)} in the "
-                            f"checkpoint but {shape} in {name}")
-            break
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {missing[:20]}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {unexpected[:20]}")
-    if problems:
-        raise CheckpointError("state dict does not match the config: " + "; ".join(problems))
-
-
 def check_config(state_dict: StateDict, cfg: EvaClipConfig) -> None:
     check_config_limits(cfg)
     for tower, declared, prefix in (("vision", cfg.vision.layers, "visual.blocks."),
@@ -214,36 +172,20 @@ def check_config(state_dict: StateDict, cfg: EvaClipConfig) -> None:
     compare_shapes(state_dict, expected_shapes(cfg), describe(cfg))
 
 
-def _require(state_dict: StateDict, key: str) -> torch.Tensor:
-    if key not in state_dict:
-        raise CheckpointError(f"cannot infer the config: canonical key '{key}' is missing")
-    return state_dict[key]
-
-
-def infer_text_config(state_dict: StateDict) -> TextConfig:
-    """CLIP's text tower off its shapes: heads width // 64, CLIP's BPE special tokens (the last two ids)."""
-    context, width = _require(state_dict, "positional_embedding").shape
-    vocab = _require(state_dict, "token_embedding.weight").shape[0]
-    mlp = _require(state_dict, "transformer.resblocks.0.mlp.c_fc.weight").shape[0]
-    return TextConfig(context_length=context, vocab_size=vocab, width=width, heads=max(1, width // 64),
-                      layers=layer_count(state_dict, "transformer.resblocks."), mlp_ratio=mlp_ratio_for(width, mlp),
-                      sot_token_id=vocab - 2, eot_token_id=vocab - 1)
-
-
 def infer_eva_config(state_dict: StateDict, activation: str = "gelu") -> EvaClipConfig:
     """An EvaClipConfig off canonical shapes. Not in any shape: heads (width // 64, as every EVA02-CLIP
     tower has), the rotary grid (16x16, idem), activation (GELU, open_clip's for EVA02)."""
-    conv = _require(state_dict, "visual.patch_embed.weight")
+    conv = require(state_dict, "visual.patch_embed.weight")
     width, _, patch, _ = conv.shape
-    positions = _require(state_dict, "visual.pos_embed").shape[1]
+    positions = require(state_dict, "visual.pos_embed").shape[1]
     grid = math.isqrt(positions - 1)
     if grid * grid + 1 != positions:
         raise CheckpointError(f"'visual.pos_embed' has {positions} positions, not a square grid plus one")
     vision = EvaVisionConfig(
         image_size=grid * patch, patch_size=patch, width=width, layers=layer_count(state_dict, "visual.blocks."),
-        heads=max(1, width // 64), mlp_width=_require(state_dict, "visual.blocks.0.mlp.fc1_g.weight").shape[0],
+        heads=max(1, width // 64), mlp_width=require(state_dict, "visual.blocks.0.mlp.fc1_g.weight").shape[0],
     )
-    embed_dim = _require(state_dict, "visual.head.weight").shape[0]
+    embed_dim = require(state_dict, "visual.head.weight").shape[0]
     return EvaClipConfig(embed_dim=embed_dim, vision=vision, text=infer_text_config(state_dict),
                          activation=activation)  # type: ignore[arg-type]
 
@@ -252,26 +194,11 @@ def infer_eva_config(state_dict: StateDict, activation: str = "gelu") -> EvaClip
 
 _NEUTRAL_VISION = {"image_size", "timm_model_name", "timm_model_pretrained", "timm_drop", "timm_drop_path",
                    "patch_dropout", "output_tokens"}
-_NEUTRAL_TEXT = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "hf_tokenizer_name",
-                 "tokenizer_kwargs", "pad_id", "eos_id", "output_tokens"}
 
 
 def is_open_clip_config(model_cfg: dict[str, Any]) -> bool:
     name = model_cfg.get("vision_cfg", {}).get("timm_model_name") if isinstance(model_cfg.get("vision_cfg"), dict) else None
     return isinstance(name, str) and name.startswith("eva02_")
-
-
-def text_config_from_open_clip(tcfg: dict[str, Any], neutral: set[str] = _NEUTRAL_TEXT) -> TextConfig:
-    odd = [f"text_cfg.{k}" for k, v in tcfg.items() if k not in neutral and not (k == "pool_type" and v == "argmax")
-           and v not in (None, False)]
-    if odd:
-        raise CheckpointError(f"open_clip config fields clipforge does not support: {sorted(odd)}")
-    vocab = tcfg.get("vocab_size", 49408)
-    return TextConfig(
-        context_length=tcfg.get("context_length", 77), vocab_size=vocab, width=tcfg.get("width", 512),
-        heads=tcfg.get("heads", 8), layers=tcfg.get("layers", 12), mlp_ratio=tcfg.get("mlp_ratio", 4.0),
-        sot_token_id=vocab - 2, eot_token_id=vocab - 1, pad_token_id=tcfg.get("pad_id", 0),
-    )
 
 
 def open_clip_config_to_eva_config(model_cfg: dict[str, Any]) -> EvaClipConfig:

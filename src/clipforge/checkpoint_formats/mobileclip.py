@@ -25,7 +25,8 @@ import torch
 
 from ..configs import FastVitMciConfig, MobileClipConfig, MobileClipVisionConfig
 from .errors import CheckpointError
-from .eva import (
+from .open_clip_text import (
+    NEUTRAL_OPEN_CLIP_TEXT,
     check_text_limits,
     compare_shapes,
     infer_text_config,
@@ -33,7 +34,6 @@ from .eva import (
     text_config_from_open_clip,
     text_shapes,
 )
-from .eva import _NEUTRAL_TEXT
 from .infer_config import _sane_float, _sane_int, mlp_ratio_for
 from .open_clip import open_clip_to_canonical as clip_open_clip_to_canonical
 from .open_clip import strip_wrapper_prefix
@@ -414,7 +414,7 @@ def _fastvit_from_open_clip(name: str, vcfg: dict[str, Any], tcfg: dict[str, Any
     causal = not tcfg.pop("no_causal_mask", False)
     return MobileClipConfig(
         embed_dim=model_cfg["embed_dim"], vision=FastVitMciConfig(**arch),
-        text=text_config_from_open_clip(tcfg, _NEUTRAL_TEXT), text_causal=causal,
+        text=text_config_from_open_clip(tcfg, NEUTRAL_OPEN_CLIP_TEXT), text_causal=causal,
         activation="quick_gelu" if model_cfg.get("quick_gelu") else "gelu",
     )
 
@@ -446,7 +446,7 @@ def open_clip_config_to_mobileclip_config(model_cfg: dict[str, Any]) -> MobileCl
     causal = not tcfg.pop("no_causal_mask", False)
     return MobileClipConfig(
         embed_dim=model_cfg["embed_dim"], vision=MobileClipVisionConfig(**arch),
-        text=text_config_from_open_clip(tcfg, _NEUTRAL_TEXT), text_causal=causal,
+        text=text_config_from_open_clip(tcfg, NEUTRAL_OPEN_CLIP_TEXT), text_causal=causal,
         activation="quick_gelu" if model_cfg.get("quick_gelu") else "gelu",
     )
 
