@@ -99,3 +99,16 @@ def test_build_model_any_family_and_towers():
     assert model.visual is None and model.towers == "text"
     with pytest.raises(clipforge.errors.InvalidInputError, match="towers must be"):
         build_model(TINY, towers="left")
+
+
+def test_clip_defines_no_pair_probability_and_score_says_so():
+    from clipforge.tasks.scoring import clip_score
+
+    model = build_model(TINY).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    image, text = model.encode_image(pixels, normalize=True), model.encode_text(model.example_tokens(2), normalize=True)
+    assert model.pair_probabilities(image, text) is None
+    probs = model.probabilities(image, text)
+    assert torch.allclose(probs.sum(-1), torch.ones(2))  # a softmax over the texts
+    with pytest.raises(clipforge.errors.InvalidInputError, match="no per-pair probability"):
+        clip_score(model, pixels, ["a cat", "a dog"], definition="probability")
