@@ -140,6 +140,196 @@ class ClipConfig:
         return cls(vision=vision_cfg, text=TextConfig(**d.pop("text")), **d)
 
 
+# ---- EVA-CLIP (open_clip's EVA02 models) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvaVisionConfig:
+    """EVA-02's ViT (Fang et al. 2023), the image tower of open_clip's EVA02-* models (timm's
+    `eva02_*_clip_*`): class token + learned absolute positions, 2D rotary position embeddings on the
+    patch tokens of q and k, separate q/k/v projections (k without bias), a LayerNorm on the attention
+    output before its projection, a SwiGLU MLP with a LayerNorm inside (sub-LN), LayerNorm eps 1e-6,
+    a final LayerNorm, class-token pooling and a linear head (with bias) into the joint space."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_width: int = 2048  # each of SwiGLU's two input branches: int(width * 8 / 3) for EVA02
+    rope_ref_grid: int = 16  # timm's ref_feat_shape: rope positions are scaled onto this grid
+    rope_temperature: float = 10000.0
+    layer_norm_eps: float = 1e-6
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class EvaClipConfig:
+    """open_clip's EVA02-CLIP (Sun et al. 2023): an EVA-02 image tower and open_clip's causal text
+    tower (GELU, pooled at the end token), softmax over the texts at a learned temperature."""
+
+    family: ClassVar[str] = "eva_clip"
+
+    embed_dim: int = 512
+    vision: EvaVisionConfig = field(default_factory=EvaVisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    activation: Activation = "gelu"  # the text tower's
+    layer_norm_eps: float = 1e-5  # the text tower's
+    init_logit_scale: float = 2.6592600929051215
+    max_logit_scale: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.activation not in ("quick_gelu", "gelu"):
+            raise InvalidInputError(f"activation must be 'quick_gelu' or 'gelu', got {self.activation!r}")
+
+    @property
+    def image_size(self) -> int:
+        return self.vision.image_size
+
+    def replace(self, **changes: Any) -> "EvaClipConfig":
+        return dataclasses.replace(self, **changes)
+
+    def default_preprocess(self) -> "PreprocessConfig":
+        """EVA-CLIP was trained with OpenAI's mean/std and bicubic resizing (open_clip's pretrained cfg)."""
+        return PreprocessConfig(image_size=self.image_size)
+
+    def default_tokenizer(self) -> "TokenizerConfig":
+        return TokenizerConfig(context_length=self.text.context_length)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvaClipConfig":
+        d = dict(d)
+        family = d.pop("family", cls.family)
+        if family != cls.family:
+            raise InvalidInputError(f"a {family!r} architecture is not an EvaClipConfig")
+        return cls(vision=EvaVisionConfig(**d.pop("vision")), text=TextConfig(**d.pop("text")), **d)
+
+
+# ---- MobileCLIP (open_clip's MobileCLIP-B / MobileCLIP2-B) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class MobileClipVisionConfig:
+    """MobileCLIP-B's image tower (Vasu et al. 2024, "MobileCLIP"; timm's `vit_base_mci_224`): a ViT
+    whose patches come from a convolutional stem (4x4/4 conv + BatchNorm + GELU, 2x2/2 conv +
+    BatchNorm + GELU, 2x2/2 conv: 16 pixels per token), learned positions on the patch tokens only
+    (the class token is prepended after them), pre-norm GELU blocks with LayerNorm eps 1e-6, a final
+    LayerNorm, class-token pooling and a linear head (with bias) into the joint space."""
+
+    image_size: int = 224
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_width: int = 3072
+    stem_width: int = 192  # channels of the stem's first two convs (width // 4)
+    layer_norm_eps: float = 1e-6
+    batch_norm_eps: float = 1e-5
+
+    patch_size: ClassVar[int] = 16  # the stem's strides: 4 * 2 * 2
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class FastVitMciConfig:
+    """FastViT-MCi (timm's `fastvit_mci0` .. `fastvit_mci4`), MobileCLIP-S*'s image tower: per stage its
+    depth, width, MLP ratio, token mixer ("repmixer" or "attention"), whether it downsamples (a
+    7x7/2 large-kernel conv) with squeeze-excite, and whether a conditional positional encoding
+    precedes its blocks. See models/fastvit_mci.py."""
+
+    image_size: int = 256
+    layers: tuple[int, ...] = (2, 6, 10, 2)
+    embed_dims: tuple[int, ...] = (64, 128, 256, 512)
+    mlp_ratios: tuple[float, ...] = (3.0, 3.0, 3.0, 3.0)
+    token_mixers: tuple[str, ...] = ("repmixer", "repmixer", "repmixer", "attention")
+    downsamples: tuple[bool, ...] = (False, True, True, True)
+    se_downsamples: tuple[bool, ...] = (False, False, True, True)
+    pos_embs: tuple[bool, ...] = (False, False, False, True)
+    attention_norm: Literal["batchnorm", "layernorm"] = "batchnorm"
+    stem_scale_branch: bool = True
+    lkc_use_act: bool = True
+    repmixer_kernel_size: int = 3
+    down_patch_size: int = 7
+    down_stride: int = 2
+    cls_ratio: float = 2.0
+
+    @property
+    def num_features(self) -> int:
+        return int(self.embed_dims[-1] * self.cls_ratio)
+
+
+_FASTVIT_TUPLES = ("layers", "embed_dims", "mlp_ratios", "token_mixers", "downsamples", "se_downsamples", "pos_embs")
+
+
+@dataclass(frozen=True)
+class MobileClipConfig:
+    """open_clip's MobileCLIP-B / MobileCLIP2-B: the conv-stem ViT above and open_clip's text tower,
+    softmax over the texts at a learned temperature. `text_causal=False` is open_clip's
+    `no_causal_mask` (the MobileCLIP S-variants' text towers): every token attends to every other,
+    padding included, pooled at the end token."""
+
+    family: ClassVar[str] = "mobileclip"
+
+    embed_dim: int = 512
+    # MobileCLIP-B's conv-stem ViT, or the S-variants' FastViT-MCi.
+    vision: Union[MobileClipVisionConfig, FastVitMciConfig] = field(default_factory=MobileClipVisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    activation: Activation = "gelu"  # the text tower's
+    layer_norm_eps: float = 1e-5  # the text tower's
+    text_causal: bool = True
+    init_logit_scale: float = 2.6592600929051215
+    max_logit_scale: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.activation not in ("quick_gelu", "gelu"):
+            raise InvalidInputError(f"activation must be 'quick_gelu' or 'gelu', got {self.activation!r}")
+
+    @property
+    def image_size(self) -> int:
+        return self.vision.image_size
+
+    def replace(self, **changes: Any) -> "MobileClipConfig":
+        return dataclasses.replace(self, **changes)
+
+    def default_preprocess(self) -> "PreprocessConfig":
+        """MobileCLIP feeds pixels in [0, 1]: mean 0, std 1 (open_clip's pretrained cfg), bilinear."""
+        return PreprocessConfig(image_size=self.image_size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                                interpolation="bilinear")
+
+    def default_tokenizer(self) -> "TokenizerConfig":
+        return TokenizerConfig(context_length=self.text.context_length)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["vision"]["kind"] = "fastvit_mci" if isinstance(self.vision, FastVitMciConfig) else "vit_mci"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MobileClipConfig":
+        d = dict(d)
+        family = d.pop("family", cls.family)
+        if family != cls.family:
+            raise InvalidInputError(f"a {family!r} architecture is not a MobileClipConfig")
+        vision = dict(d.pop("vision"))
+        kind = vision.pop("kind", "vit_mci")
+        if kind == "fastvit_mci":
+            vision.update({k: tuple(vision[k]) for k in _FASTVIT_TUPLES if k in vision})
+            vision_cfg: Union[MobileClipVisionConfig, FastVitMciConfig] = FastVitMciConfig(**vision)
+        elif kind == "vit_mci":
+            vision_cfg = MobileClipVisionConfig(**vision)
+        else:
+            raise InvalidInputError(f"unknown MobileCLIP image tower kind {str(kind)[:40]!r}")
+        return cls(vision=vision_cfg, text=TextConfig(**d.pop("text")), **d)
+
+
 @dataclass(frozen=True)
 class BertTextConfig:
     """A BERT-style text encoder (Devlin et al. 2019): post-LayerNorm blocks, bidirectional attention
@@ -533,6 +723,8 @@ ARCHITECTURE_CONFIGS: dict[str, type] = {
     "clip": ClipConfig,
     "chinese_clip": ChineseClipConfig,
     "xlm_roberta_clip": XlmRobertaClipConfig,
+    "eva_clip": EvaClipConfig,
+    "mobileclip": MobileClipConfig,
     "siglip": SiglipConfig,
 }
 

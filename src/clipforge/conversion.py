@@ -103,7 +103,9 @@ def check_with_target_library(model: ClipModel, destination: Path, to: str, rtol
             import open_clip
 
             config = json.loads((destination / "open_clip_config.json").read_text())["model_cfg"]
-            reference = open_clip.model.CLIP(**config).eval()
+            # CustomTextCLIP (the text tower under `text.`) for the families open_clip builds that way.
+            cls = open_clip.model.CustomTextCLIP if config.get("custom_text") else open_clip.model.CLIP
+            reference = cls(**{k: v for k, v in config.items() if k != "custom_text"}).eval()
             open_clip.load_checkpoint(reference, str(destination / "open_clip_model.safetensors"))
             name = f"open_clip {open_clip.__version__}"
 

@@ -188,7 +188,7 @@ def _other_family(path: Path, keys: list[str], shapes: dict, metadata: dict[str,
     component = _family_component(family, shapes)
     return Inspection(str(path), file_format, f"a {family} model, {file_format} layout", [component], record=record,
                       notes=["docs/families.md: what this family differs in and how it is tested"],
-                      usage=_clip_usage(path))
+                      usage=_family_usage(path, family))
 
 
 def _inspect_tensors(path: Path, shapes: dict, metadata: dict[str, str], fmt: Optional[str] = None) -> Inspection:
@@ -290,6 +290,15 @@ def _inspect_dir(path: Path) -> Inspection:
             return result
     raise CheckpointError(f"{path}: a folder with no checkpoint clipforge reads (no model_index.json, "
                           "model.safetensors, pytorch_model.bin or open_clip_model.safetensors)")
+
+
+def _family_usage(path: Path, family: str) -> list[str]:
+    """As `_clip_usage`, converting only to the formats this family can be written in (its FamilyLayout's)."""
+    from clipforge.checkpoint_formats import family_layout
+
+    formats = sorted({"clipforge"} | set(family_layout(family).writers), key=lambda f: (f != "hf", f))
+    convert = f"clipforge convert {path} OUT --to {formats[0]}" + (f"   # or {', '.join(formats[1:])}" if formats[1:] else "")
+    return _clip_usage(path)[:2] + [convert]
 
 
 def _clip_usage(path: Path, name: Optional[str] = None) -> list[str]:

@@ -34,6 +34,11 @@ from clipforge.configs import (
     BertTextConfig,
     ChineseClipConfig,
     ClipConfig,
+    EvaClipConfig,
+    EvaVisionConfig,
+    FastVitMciConfig,
+    MobileClipConfig,
+    MobileClipVisionConfig,
     PreprocessConfig,
     ResNetConfig,
     SiglipConfig,
@@ -151,6 +156,43 @@ def _with_quickgelu_twins(base: dict[str, ClipConfig]) -> dict[str, ClipConfig]:
 
 
 ARCHITECTURES: dict[str, ClipConfig] = _with_quickgelu_twins(_BASE_ARCHITECTURES)
+
+# EVA02-CLIP and MobileCLIP (open_clip's names; GELU only, so no -quickgelu twins). The towers are
+# timm's eva02_*_clip_* and vit_base_mci_224 (checkpoint_formats/eva.py, mobileclip.py name them);
+# tests/test_eva_clip.py and test_mobileclip.py check each entry against open_clip's model config.
+_EVA_MOBILECLIP_ARCHITECTURES: dict[str, object] = {
+    "EVA02-B-16": EvaClipConfig(
+        embed_dim=512, vision=EvaVisionConfig(image_size=224, patch_size=16, width=768, layers=12, heads=12, mlp_width=2048),
+        text=TextConfig(width=512, heads=8, layers=12)),
+    "EVA02-L-14": EvaClipConfig(
+        embed_dim=768, vision=EvaVisionConfig(image_size=224, patch_size=14, width=1024, layers=24, heads=16, mlp_width=2730),
+        text=TextConfig(width=768, heads=12, layers=12)),
+    "EVA02-L-14-336": EvaClipConfig(
+        embed_dim=768, vision=EvaVisionConfig(image_size=336, patch_size=14, width=1024, layers=24, heads=16, mlp_width=2730),
+        text=TextConfig(width=768, heads=12, layers=12)),
+    "MobileCLIP-B": MobileClipConfig(embed_dim=512, vision=MobileClipVisionConfig(), text=TextConfig(width=512, heads=8, layers=12)),
+    "MobileCLIP2-B": MobileClipConfig(embed_dim=512, vision=MobileClipVisionConfig(), text=TextConfig(width=512, heads=8, layers=12)),
+}
+# MobileCLIP's S models: FastViT-MCi towers (timm's fastvit_mci0..4) and bidirectional text towers.
+_MCI012 = dict(image_size=256, mlp_ratios=(3.0,) * 4, token_mixers=("repmixer",) * 3 + ("attention",),
+               downsamples=(False, True, True, True), se_downsamples=(False, False, True, True),
+               pos_embs=(False, False, False, True))
+_MCI34 = dict(image_size=256, mlp_ratios=(4.0,) * 5, token_mixers=("repmixer",) * 3 + ("attention",) * 2,
+              downsamples=(False, True, True, True, True), se_downsamples=(False,) * 5,
+              pos_embs=(False, False, False, True, True), attention_norm="layernorm", stem_scale_branch=False)
+_MCI = {
+    "mci0": FastVitMciConfig(**_MCI012, layers=(2, 6, 10, 2), embed_dims=(64, 128, 256, 512)),  # type: ignore[arg-type]
+    "mci1": FastVitMciConfig(**_MCI012, layers=(4, 12, 20, 4), embed_dims=(64, 128, 256, 512)),  # type: ignore[arg-type]
+    "mci2": FastVitMciConfig(**_MCI012, layers=(4, 12, 24, 4), embed_dims=(80, 160, 320, 640)),  # type: ignore[arg-type]
+    "mci3": FastVitMciConfig(**_MCI34, layers=(2, 12, 24, 4, 2), embed_dims=(96, 192, 384, 768, 1536)),  # type: ignore[arg-type]
+    "mci4": FastVitMciConfig(**_MCI34, layers=(2, 12, 24, 4, 4), embed_dims=(128, 256, 512, 1024, 2048)),  # type: ignore[arg-type]
+}
+for _name, _mci, _embed, _text in [("MobileCLIP-S1", "mci1", 512, (512, 8)), ("MobileCLIP-S2", "mci2", 512, (512, 8)),
+                                   ("MobileCLIP2-S0", "mci0", 512, (512, 8)), ("MobileCLIP2-S2", "mci2", 512, (512, 8)),
+                                   ("MobileCLIP2-S3", "mci3", 768, (768, 12)), ("MobileCLIP2-S4", "mci4", 768, (768, 12))]:
+    _EVA_MOBILECLIP_ARCHITECTURES[_name] = MobileClipConfig(
+        embed_dim=_embed, vision=_MCI[_mci], text=TextConfig(width=_text[0], heads=_text[1], layers=12), text_causal=False)
+ARCHITECTURES.update(_EVA_MOBILECLIP_ARCHITECTURES)  # type: ignore[arg-type]
 
 # OpenAI's `clip.available_models()` names -> ours (an explicit table, not string munging).
 OPENAI_MODEL_NAMES: dict[str, str] = {
@@ -399,6 +441,55 @@ _RECORDS: list[WeightsRecord] = [_openai(arch, timm, name, sha) for arch, timm, 
     _laion("ViT-g-14", "laion2b_s12b_b42k", "laion/CLIP-ViT-g-14-laion2B-s12B-b42K"),
     _laion("ViT-g-14", "laion2b_s34b_b88k", "laion/CLIP-ViT-g-14-laion2B-s34B-b88K"),
     _laion("ViT-bigG-14", "laion2b_s39b_b160k", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"),
+]
+
+_EVA_SOURCE = "https://arxiv.org/abs/2303.15389 (Sun et al. 2023, EVA-CLIP); https://github.com/baaivision/EVA"
+_MOBILECLIP_SOURCE = "https://arxiv.org/abs/2311.17049 (Vasu et al. 2024, MobileCLIP); https://github.com/apple/ml-mobileclip"
+_MOBILECLIP2_SOURCE = "MobileCLIP2 (Faghri et al. 2025); https://github.com/apple/ml-mobileclip"
+# Apple's MobileCLIP weights carry Apple's own model licence, not the code's MIT-style one: read the
+# hub repo's model card before use (not verifiable offline when this entry was written).
+_APPLE_LICENSE = "Apple model licence (see the hub model card; not MIT)"
+
+
+def _open_clip_family(arch: str, tag: str, hf_hub_id: str, mean: tuple[float, float, float],
+                      std: tuple[float, float, float], interpolation: str, license: str, source: str) -> WeightsRecord:
+    """Weights of a non-CLIP family in open_clip's hub layout (GELU; open_clip's pretrained.py numerics)."""
+    return WeightsRecord(
+        arch=arch, tag=tag, file_format="open_clip",
+        preprocess=PreprocessConfig(image_size=get_architecture(arch).image_size, mean=mean, std=std,
+                                    interpolation=interpolation),  # type: ignore[arg-type]
+        activation="gelu", hf_hub_id=hf_hub_id, hf_filename=_OPEN_CLIP_FILES[0],
+        hf_fallback_filenames=_OPEN_CLIP_FILES[1:], license=license, source=source,
+    )
+
+
+_ZERO, _ONE = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # MobileCLIP reads pixels in [0, 1]
+_RECORDS += [
+    _open_clip_family("EVA02-B-16", "merged2b_s8b_b131k", "timm/eva02_base_patch16_clip_224.merged2b_s8b_b131k",
+                      OPENAI_MEAN, OPENAI_STD, "bicubic", "MIT", _EVA_SOURCE),
+    _open_clip_family("EVA02-L-14", "merged2b_s4b_b131k", "timm/eva02_large_patch14_clip_224.merged2b_s4b_b131k",
+                      OPENAI_MEAN, OPENAI_STD, "bicubic", "MIT", _EVA_SOURCE),
+    _open_clip_family("EVA02-L-14-336", "merged2b_s6b_b61k", "timm/eva02_large_patch14_clip_336.merged2b_s6b_b61k",
+                      OPENAI_MEAN, OPENAI_STD, "bicubic", "MIT", _EVA_SOURCE),
+    _open_clip_family("MobileCLIP-B", "datacompdr", "apple/MobileCLIP-B-OpenCLIP", _ZERO, _ONE, "bilinear",
+                      _APPLE_LICENSE, _MOBILECLIP_SOURCE),
+    _open_clip_family("MobileCLIP-B", "datacompdr_lt", "apple/MobileCLIP-B-LT-OpenCLIP", _ZERO, _ONE, "bilinear",
+                      _APPLE_LICENSE, _MOBILECLIP_SOURCE),
+    _open_clip_family("MobileCLIP2-B", "dfndr2b", "timm/MobileCLIP2-B-OpenCLIP", _ZERO, _ONE, "bilinear",
+                      _APPLE_LICENSE, _MOBILECLIP2_SOURCE),
+    _open_clip_family("MobileCLIP-S1", "datacompdr", "apple/MobileCLIP-S1-OpenCLIP", _ZERO, _ONE, "bilinear",
+                      _APPLE_LICENSE, _MOBILECLIP_SOURCE),
+    _open_clip_family("MobileCLIP-S2", "datacompdr", "apple/MobileCLIP-S2-OpenCLIP", _ZERO, _ONE, "bilinear",
+                      _APPLE_LICENSE, _MOBILECLIP_SOURCE),
+    _open_clip_family("MobileCLIP2-S0", "dfndr2b", "timm/MobileCLIP2-S0-OpenCLIP", _ZERO, _ONE, "bilinear",
+                      _APPLE_LICENSE, _MOBILECLIP2_SOURCE),
+    _open_clip_family("MobileCLIP2-S2", "dfndr2b", "timm/MobileCLIP2-S2-OpenCLIP", _ZERO, _ONE, "bilinear",
+                      _APPLE_LICENSE, _MOBILECLIP2_SOURCE),
+    # MobileCLIP2-S3/S4 were trained with OpenAI's mean/std (open_clip's _mc2cfg).
+    _open_clip_family("MobileCLIP2-S3", "dfndr2b", "timm/MobileCLIP2-S3-OpenCLIP", OPENAI_MEAN, OPENAI_STD, "bilinear",
+                      _APPLE_LICENSE, _MOBILECLIP2_SOURCE),
+    _open_clip_family("MobileCLIP2-S4", "dfndr2b", "timm/MobileCLIP2-S4-OpenCLIP", OPENAI_MEAN, OPENAI_STD, "bilinear",
+                      _APPLE_LICENSE, _MOBILECLIP2_SOURCE),
 ]
 
 WEIGHTS: dict[tuple[str, str], WeightsRecord] = {(r.base_arch, r.tag): r for r in _RECORDS}

@@ -18,8 +18,17 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from ..configs import ChineseClipConfig, ClipConfig, ModelRecord, SiglipConfig, TokenizerConfig, XlmRobertaClipConfig
-from . import chinese_clip, siglip, xlm_roberta
+from ..configs import (
+    ChineseClipConfig,
+    ClipConfig,
+    EvaClipConfig,
+    MobileClipConfig,
+    ModelRecord,
+    SiglipConfig,
+    TokenizerConfig,
+    XlmRobertaClipConfig,
+)
+from . import chinese_clip, eva, mobileclip, siglip, xlm_roberta
 from .errors import CheckpointError
 from .hf import canonical_to_hf, clip_config_to_hf_config, hf_config_to_clip_config, hf_to_canonical
 from .infer_config import Shape
@@ -71,6 +80,9 @@ class FamilyLayout:
     # open_clip model configs (open_clip_config.json's "model_cfg"): is it this family's, and its config.
     is_open_clip_config: Callable[[dict[str, Any]], bool] = field(default=lambda cfg: False)
     open_clip_config_to_config: Optional[Callable[[dict[str, Any]], Any]] = None
+    # ... and back: the model_cfg an open_clip hub directory written for this config holds (None: the
+    # family's open_clip files, if it has a writer, are written as a single weights file only).
+    config_to_open_clip_config: Optional[Callable[[Any], dict[str, Any]]] = None
 
 
 def _clip_detect_format(keys: list[str]) -> Optional[str]:
@@ -156,6 +168,42 @@ XLM_ROBERTA_CLIP_LAYOUT = FamilyLayout(
     open_clip_config_to_config=xlm_roberta.open_clip_config_to_config,
 )
 
+# EVA02-CLIP (open_clip's EVA02-* models): eva.py.
+EVA_CLIP_LAYOUT = FamilyLayout(
+    family="eva_clip",
+    config_type=EvaClipConfig,
+    canonical_layout="CLIP's text tower (OpenAI's names) + timm's EVA names under visual.",
+    expected_shapes=eva.expected_shapes,
+    check_config=eva.check_config,
+    check_config_limits=eva.check_config_limits,
+    describe=eva.describe,
+    readers={"open_clip": eva.open_clip_to_canonical, "clipforge": eva.identity},
+    writers={"open_clip": eva.canonical_to_open_clip, "clipforge": eva.identity},
+    detect_format=eva.detect_format,
+    infer_config=eva.infer_eva_config,
+    is_open_clip_config=eva.is_open_clip_config,
+    open_clip_config_to_config=eva.open_clip_config_to_eva_config,
+    config_to_open_clip_config=eva.eva_config_to_open_clip_config,
+)
+
+# MobileCLIP-B / MobileCLIP2-B (open_clip): mobileclip.py.
+MOBILECLIP_LAYOUT = FamilyLayout(
+    family="mobileclip",
+    config_type=MobileClipConfig,
+    canonical_layout="CLIP's text tower (OpenAI's names) + the conv-stem ViT under visual. (OpenAI's block names)",
+    expected_shapes=mobileclip.expected_shapes,
+    check_config=mobileclip.check_config,
+    check_config_limits=mobileclip.check_config_limits,
+    describe=mobileclip.describe,
+    readers={"open_clip": mobileclip.open_clip_to_canonical, "clipforge": mobileclip.identity},
+    writers={"open_clip": mobileclip.canonical_to_open_clip, "clipforge": mobileclip.identity},
+    detect_format=mobileclip.detect_format,
+    infer_config=mobileclip.infer_mobileclip_config,
+    is_open_clip_config=mobileclip.is_open_clip_config,
+    open_clip_config_to_config=mobileclip.open_clip_config_to_mobileclip_config,
+    config_to_open_clip_config=mobileclip.mobileclip_config_to_open_clip_config,
+)
+
 SIGLIP_LAYOUT = FamilyLayout(
     family="siglip",
     config_type=SiglipConfig,
@@ -182,6 +230,8 @@ FAMILY_LAYOUTS: dict[str, FamilyLayout] = {
     "clip": CLIP_LAYOUT,
     "chinese_clip": CHINESE_CLIP_LAYOUT,
     "xlm_roberta_clip": XLM_ROBERTA_CLIP_LAYOUT,
+    "eva_clip": EVA_CLIP_LAYOUT,
+    "mobileclip": MOBILECLIP_LAYOUT,
     "siglip": SIGLIP_LAYOUT,
 }
 

@@ -114,6 +114,11 @@ def write_checkpoint(
         _save_safetensors(hf_sd, path / "model.safetensors", {"format": "pt"})
         (layout.write_hf_files or _write_hf_processor_files)(path, record)
         return path
+    if layout.family != "clip" and format == "open_clip" and "open_clip" in layout.writers:
+        # Families open_clip builds with its own key layout (EVA02-CLIP, MobileCLIP: CustomTextCLIP).
+        _write_open_clip(from_canonical(state_dict, "open_clip", family=layout.family), record, path,
+                         layout.config_to_open_clip_config)
+        return path
     if layout.family != "clip":
         writable = sorted({"clipforge"} | set(layout.writers))
         raise CheckpointError(f"clipforge writes {layout.family} models in the {writable} formats, not {format!r}")
@@ -135,6 +140,27 @@ def write_checkpoint(
             _save_safetensors(state_dict, path / OPEN_CLIP_WEIGHTS_NAME, {"format": "pt"})
             atomic_write_text(path / "open_clip_config.json", json.dumps(config, indent=2) + "\n")
     return path
+
+
+def _write_open_clip(state_dict: dict[str, torch.Tensor], record: ModelRecord, path: Path, to_model_cfg: Any) -> None:
+    """open_clip's files for a non-CLIP family: one weights file, or (no suffix) a hub directory
+    with open_clip_config.json when the family can name its open_clip model config."""
+    if path.suffix in WEIGHT_SUFFIXES:
+        if path.suffix == ".safetensors":
+            _save_safetensors(state_dict, path, {"format": "pt"})
+        else:
+            torch.save(_own_storage(state_dict), path)
+        return
+    if path.suffix:
+        raise CheckpointError(f"{path}: open_clip weights need a .safetensors, .bin, .pt or .pth extension "
+                              "(or no extension: a directory in open_clip's hub layout)")
+    if to_model_cfg is None:
+        raise CheckpointError(f"{path}: a {record.family} model's open_clip config cannot be written: give a "
+                              ".safetensors or .bin file name (weights only)")
+    config = {"model_cfg": to_model_cfg(record.architecture), "preprocess_cfg": _open_clip_preprocess(record.preprocess)}
+    path.mkdir(parents=True, exist_ok=True)
+    _save_safetensors(state_dict, path / OPEN_CLIP_WEIGHTS_NAME, {"format": "pt"})
+    atomic_write_text(path / "open_clip_config.json", json.dumps(config, indent=2) + "\n")
 
 
 def _open_clip_preprocess(preprocess: PreprocessConfig) -> dict:

@@ -269,6 +269,10 @@ def _is_default(key: str, value: Any) -> bool:
 
 
 def _as_open_clip_model(model: ClipModel, output_dict: bool) -> OpenClipModel:
+    if not isinstance(model, ClipModel):
+        # OpenClipModel is a ClipModel: re-classing another family's model would run the wrong forward.
+        raise InvalidInputError(f"the open_clip drop-in API covers CLIP models; this is a {model.config.family} model: "
+                                "use clipforge.load and the model's own methods")
     # Re-class in place rather than wrap: a wrapper module would prefix every state_dict key ("model.").
     model.__class__ = OpenClipModel
     model.output_dict = output_dict

@@ -7,7 +7,7 @@ for any config.
 
 from typing import Any
 
-from clipforge.configs import ChineseClipConfig, ClipConfig, SiglipConfig, XlmRobertaClipConfig
+from clipforge.configs import ChineseClipConfig, ClipConfig, EvaClipConfig, MobileClipConfig, SiglipConfig, XlmRobertaClipConfig
 from clipforge.errors import InvalidInputError
 from clipforge.models.bert_clip import ChineseClipModel, XlmRobertaClipModel
 from clipforge.models.clip_model import ClipModel, ClipOutput
@@ -15,6 +15,7 @@ from clipforge.models.family import ImageOutput, TowerNotLoadedError, Towers, im
 from clipforge.models.modified_resnet import ModifiedResNet
 from clipforge.models.siglip import SiglipModel, SiglipOutput
 from clipforge.models.text_transformer import CausalTextTransformer, TextOutput
+from clipforge.models.tower_clip import EvaClipModel, MobileClipModel, TowerClipModel
 from clipforge.models.vision_transformer import VisionTransformer
 
 # architecture config class -> model class. A new family adds one line here (docs/families.md).
@@ -22,6 +23,8 @@ MODEL_CLASSES: dict[type, type] = {
     ClipConfig: ClipModel,
     ChineseClipConfig: ChineseClipModel,
     XlmRobertaClipConfig: XlmRobertaClipModel,
+    EvaClipConfig: EvaClipModel,
+    MobileClipConfig: MobileClipModel,
     SiglipConfig: SiglipModel,
 }
 
@@ -46,6 +49,9 @@ __all__ = [
     "ClipModel",
     "XlmRobertaClipModel",
     "ClipOutput",
+    "EvaClipModel",
+    "MobileClipModel",
+    "TowerClipModel",
     "CausalTextTransformer",
     "ImageOutput",
     "TextOutput",

@@ -69,9 +69,13 @@ def resolve_model(model: Union[str, ClipConfig]) -> tuple[str, ClipConfig]:
     from clipforge.model_zoo import UnknownModelError, get_architecture
 
     try:
-        return model, get_architecture(model)
+        config = get_architecture(model)
     except UnknownModelError as err:
         raise PlanInputError(str(err)) from None
+    if not isinstance(config, ClipConfig):
+        # The FLOP and memory formulas are CLIP's ViT / ResNet towers'; other families' would be wrong or fail.
+        raise PlanInputError(f"{model} is a {config.family} model: plan estimates CLIP architectures only")
+    return model, config
 
 
 @dataclass(frozen=True)
