@@ -125,7 +125,8 @@ CLIP_LAYOUT = FamilyLayout(
     },
     detect_format=_clip_detect_format,
     infer_config=lambda sd, **options: clip_infer_config(sd, **options),
-    hf_model_types=("clip",),
+    # One tower's directories (diffusers' text_encoder/, CLIPVisionModel repos) are CLIP's too.
+    hf_model_types=("clip", "clip_text_model", "clip_vision_model"),
     hf_config_to_config=hf_config_to_clip_config,
     config_to_hf_config=lambda cfg, dtype="float32": clip_config_to_hf_config(cfg, dtype=dtype),
     is_open_clip_config=_clip_is_open_clip_config,
