@@ -34,6 +34,10 @@ class BertClipOutput(NamedTuple):
 class BertClipModel(nn.Module):
     """The shared body (see the module docstring); subclasses make `text_projection`."""
 
+    # The contrastive loss this family is trained with (clipforge.train's default for it):
+    # "clip" = the symmetric softmax (InfoNCE) at exp(logit_scale).
+    loss_kind = "clip"
+
     def __init__(self, config: Any, towers: Towers = "both"):
         super().__init__()
         self.towers = check_towers(towers)

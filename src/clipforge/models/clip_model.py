@@ -42,6 +42,10 @@ class ClipModel(CausalTextTransformer):
     both.
     """
 
+    # The contrastive loss this family is trained with (clipforge.train's default for it):
+    # "clip" = the symmetric softmax (InfoNCE) at exp(logit_scale).
+    loss_kind = "clip"
+
     def __init__(self, config: ClipConfig, towers: Towers = "both"):
         self.towers = check_towers(towers)
         super().__init__(config.text, config.embed_dim, config.activation, config.layer_norm_eps,

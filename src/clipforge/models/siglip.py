@@ -143,6 +143,10 @@ class SiglipModel(nn.Module):
     towers: "both", or "image" / "text" for one tower only (the other is never built).
     """
 
+    # The contrastive loss this family is trained with (clipforge.train's default for it):
+    # "siglip" = the pairwise sigmoid loss on exp(logit_scale) * cos + logit_bias.
+    loss_kind = "siglip"
+
     def __init__(self, config: SiglipConfig, towers: Towers = "both"):
         super().__init__()
         self.towers = check_towers(towers)

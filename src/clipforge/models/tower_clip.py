@@ -32,6 +32,10 @@ class TowerClipModel(CausalTextTransformer):
     """An image tower (`build_image_tower`) and CLIP's causal text tower in one joint space, with a
     learned temperature. `towers` as ClipModel's: "image" / "text" build one tower only."""
 
+    # The contrastive loss this family is trained with (clipforge.train's default for it):
+    # "clip" = the symmetric softmax (InfoNCE) at exp(logit_scale).
+    loss_kind = "clip"
+
     num_prefix_tokens = 1  # tokens before the patch grid in `encode_image_full`
 
     def __init__(self, config: Any, towers: Towers = "both"):

@@ -130,7 +130,9 @@ class OptimSection:
     grad_clip_norm: Optional[float] = None
     precision: Precision = "fp32"  # bf16/fp16: autocast with fp32 master weights (GradScaler for fp16)
     grad_checkpointing: bool = False
-    loss: LossKind = "clip"  # "clip": symmetric InfoNCE; "siglip": sigmoid loss with a learned bias
+    # "clip": symmetric InfoNCE; "siglip": sigmoid loss with a learned bias; None: the model's own
+    # (`model.loss_kind`: SigLIP's sigmoid for SigLIP / SigLIP 2, CLIP's softmax for every other family)
+    loss: Optional[LossKind] = None
     local_loss: bool = True  # distributed: each rank's rows against all columns (same gradients, less memory)
     siglip_init_logit_scale: float = math.log(10.0)  # SigLIP paper: t' = log 10 (from-scratch runs only)
     siglip_init_logit_bias: float = -10.0
@@ -140,7 +142,7 @@ class OptimSection:
             _check(getattr(self, name) >= 1, f"optim.{name} must be >= 1, got {getattr(self, name)}")
         _check(self.max_steps is None or self.max_steps >= 1, f"optim.max_steps must be >= 1, got {self.max_steps}")
         _check(self.precision in ("fp32", "bf16", "fp16"), f"optim.precision must be fp32, bf16 or fp16, got {self.precision!r}")
-        _check(self.loss in ("clip", "siglip"), f"optim.loss must be 'clip' or 'siglip', got {self.loss!r}")
+        _check(self.loss in (None, "clip", "siglip"), f"optim.loss must be 'clip' or 'siglip' (or unset: the model's), got {self.loss!r}")
         _check(self.lr_schedule in ("cosine", "constant"), f"optim.lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
 
 

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from clipforge.configs import TokenizerConfig
 from clipforge.errors import ClipforgeRuntimeError, InvalidInputError
 from clipforge.image import ImageLoadError, ImageRef, load_image
 from clipforge.image.augment import TrainTransform, sample_generator
@@ -67,12 +68,18 @@ class Batch:
 
 class CollatePairs:
     """[(pixels, caption) | BadSample] -> Batch. Tokenizes in the worker; the tokenizer is built
-    lazily there so this object pickles for any multiprocessing start method."""
+    lazily there so this object pickles for any multiprocessing start method.
 
-    def __init__(self, image_size: int, context_length: int, role: int = -1) -> None:
+    `tokenizer`: the model's `TokenizerConfig` (its record's: CLIP's BPE, SigLIP's SentencePiece
+    padded to 64, Chinese-CLIP's WordPiece, XLM-R's); None: CLIP's BPE at `context_length`. The
+    ids come padded with the tokenizer's pad id; each model masks (or reads) its padding itself.
+    """
+
+    def __init__(self, image_size: int, context_length: int, role: int = -1, tokenizer: Optional[TokenizerConfig] = None) -> None:
         self.image_size = image_size
-        self.context_length = context_length
+        self.context_length = tokenizer.context_length if tokenizer is not None else context_length
         self.role = role
+        self.tokenizer_config = tokenizer
         self._tokenizer: Any = None
 
     def __getstate__(self) -> dict:
@@ -83,9 +90,10 @@ class CollatePairs:
         bad = [item for item in items if isinstance(item, BadSample)]
         if good:
             if self._tokenizer is None:
-                from clipforge.text import Tokenizer
+                from clipforge.text import Tokenizer, tokenizer_from_config
 
-                self._tokenizer = Tokenizer(context_length=self.context_length)
+                self._tokenizer = (Tokenizer(context_length=self.context_length) if self.tokenizer_config is None
+                                   else tokenizer_from_config(self.tokenizer_config))
             images = torch.stack([pixels for pixels, _ in good])
             texts = self._tokenizer([caption for _, caption in good])
         else:
@@ -246,12 +254,14 @@ class ShardStream(IterableDataset):
     def __init__(
         self, shards: Sequence[str], transform: TrainTransform, *, seed: int, batch_size: int,
         context_length: int, rank: int, world_size: int, num_workers: int, resampled: bool, shuffle_buffer: int,
+        tokenizer: Optional[TokenizerConfig] = None,
     ) -> None:
         if not shards:
             raise InvalidInputError("no WebDataset shards given")
         self.shards = list(shards)
         self.transform = transform
         self.seed, self.batch_size, self.context_length = seed, batch_size, context_length
+        self.tokenizer = tokenizer
         self.rank, self.world_size = rank, world_size
         self.num_roles_per_rank = max(num_workers, 1)
         self.resampled, self.shuffle_buffer = resampled, shuffle_buffer
@@ -269,7 +279,7 @@ class ShardStream(IterableDataset):
         worker = info.id if info is not None else 0
         role = (worker + self.first_role) % self.num_roles_per_rank
         global_role = self.rank * self.num_roles_per_rank + role
-        collate = CollatePairs(self.transform.image_size, self.context_length, role=role)
+        collate = CollatePairs(self.transform.image_size, self.context_length, role=role, tokenizer=self.tokenizer)
         skip = self.role_skips[role] * self.batch_size
         raw = self._shuffled(self._raw(global_role), random.Random(_derive_seed(self.seed, self.epoch, global_role, 7)))
         pending: list = []
@@ -359,6 +369,7 @@ class TrainData:
         image_root: Optional[str] = None, csv_separator: Optional[str] = None, num_samples: Optional[int] = None,
         resampled: bool = False, shuffle_buffer: int = 1000, pin_memory: bool = False,
         caption_column: Optional[str] = None, balance_by: Optional[str] = None, balance_power: float = 1.0,
+        tokenizer: Optional[TokenizerConfig] = None,
     ) -> None:
         self.batch_size, self.accum_steps = batch_size, accum_steps
         self.rank, self.world_size, self.workers, self.seed = rank, world_size, workers, seed
@@ -378,6 +389,7 @@ class TrainData:
             self.stream = ShardStream(
                 shards, transform, seed=seed, batch_size=batch_size, context_length=context_length, rank=rank,
                 world_size=world_size, num_workers=workers, resampled=resampled, shuffle_buffer=shuffle_buffer,
+                tokenizer=tokenizer,
             )
         else:
             pairs = read_table(spec, image_root=image_root, separator=csv_separator, caption_column=caption_column)
@@ -387,7 +399,7 @@ class TrainData:
             if balance_by is not None:
                 self.weights = balance_weights(group_values(pairs, balance_by, spec), balance_power)
             self.dataset = PairDataset(pairs, transform, seed)
-            self.collate = CollatePairs(transform.image_size, context_length)
+            self.collate = CollatePairs(transform.image_size, context_length, tokenizer=tokenizer)
         self.steps_per_epoch = self.num_samples // global_batch
         if self.steps_per_epoch < 1:
             raise InvalidInputError(

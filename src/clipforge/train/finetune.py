@@ -15,13 +15,14 @@ from torch import nn
 
 from clipforge.errors import InvalidInputError
 
-# ClipModel's text tower lives on the model itself (OpenAI's key layout); these are its parts.
-TEXT_TOWER = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
+# ClipModel's (and EVA02's, MobileCLIP's) text tower lives on the model itself (OpenAI's key layout);
+# these are its parts. SigLIP, Chinese-CLIP and XLM-R CLIP hold theirs under `text` (+ `text_projection`).
+TEXT_TOWER = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection", "text")
 IMAGE_TOWER = ("visual",)
 
 
 def tower_of(name: str) -> Optional[str]:
-    """'image', 'text' or None (logit_scale) for a ClipModel parameter name."""
+    """'image', 'text' or None (logit_scale, logit_bias) for a parameter name of any family's model."""
     root = name.split(".", 1)[0]
     if root in IMAGE_TOWER:
         return "image"
@@ -55,7 +56,7 @@ def set_train_mode(model: nn.Module, frozen: Optional[str]) -> None:
         model.visual.eval()
     elif frozen == "text":
         for name in TEXT_TOWER:
-            module = getattr(model, name)
+            module = getattr(model, name, None)
             if isinstance(module, nn.Module):
                 module.eval()
 

@@ -63,7 +63,7 @@ class TrainingDivergedError(ClipforgeRuntimeError):
 
 @dataclass
 class TrainResult:
-    model: ClipModel  # the final model (after WiSE-FT when configured), eval mode
+    model: nn.Module  # the final model, of the init's family (after WiSE-FT when configured), eval mode
     out_dir: Path
     final_path: Path  # out_dir/final.safetensors, loadable with clipforge.load(path)
     steps: int  # optimizer steps taken in total (including before a resume)
@@ -79,17 +79,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(config: TrainConfig) -> tuple[ClipModel, PreprocessConfig, Optional[dict[str, torch.Tensor]]]:
+def build_model(config: TrainConfig) -> tuple[nn.Module, PreprocessConfig, Optional[dict[str, torch.Tensor]]]:
     """(model in fp32 on CPU, its preprocessing config, initial state for WiSE-FT or None)."""
     initial_state = None
     if config.model.init is not None:
         from clipforge.loading import load
 
         model, preprocess, _ = load(config.model.init, config.model.init_weights, arch=config.model.init_arch, dtype=torch.float32)
-        if not isinstance(model, ClipModel):
-            # Training implements CLIP's contrastive (softmax) loss only; SigLIP needs its sigmoid loss.
-            raise InvalidInputError(f"{config.model.init}: a {model.config.family} model; training supports CLIP "
-                                    "models only (docs/families.md)")
+        check_trainable(model, config, str(config.model.init))
         preprocess_cfg = preprocess.config
         if config.model.wise_ft_alpha is not None:
             initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -105,7 +102,7 @@ def build_model(config: TrainConfig) -> tuple[ClipModel, PreprocessConfig, Optio
         model.record = model.record.replace(provenance=Provenance(
             "clipforge-train", config.run.out_dir, architecture_name=architecture if isinstance(architecture, str) else None))
         preprocess_cfg = model.record.preprocess
-        if config.optim.loss == "siglip":
+        if loss_kind(config, model) == "siglip":
             with torch.no_grad():
                 model.logit_scale.fill_(config.optim.siglip_init_logit_scale)
     if config.data.augment.image_size is not None and config.data.augment.image_size != model.config.image_size:
@@ -116,7 +113,32 @@ def build_model(config: TrainConfig) -> tuple[ClipModel, PreprocessConfig, Optio
     return model.float(), preprocess_cfg, initial_state
 
 
-def call_evaluate(model: ClipModel, preprocess: Preprocess, tokenizer: Tokenizer, config: TrainConfig) -> dict:
+def loss_kind(config: TrainConfig, model: nn.Module) -> str:
+    """The loss a run trains with: `optim.loss` when set, else the model's own (`model.loss_kind`:
+    "siglip" for SigLIP / SigLIP 2, "clip" for every other family)."""
+    return config.optim.loss or getattr(model, "loss_kind", "clip")
+
+
+def check_trainable(model: nn.Module, config: TrainConfig, source: str) -> None:
+    """Refuse, in one line, what the trainer cannot do with this model (any family whose model has
+    the model API of docs/families.md and a `loss_kind` trains)."""
+    family = model.config.family
+    if getattr(model, "towers", "both") != "both":
+        raise InvalidInputError(f"{source}: a one-tower model ({model.towers}); training needs both towers")
+    tokenizer_for(model.record)(["a photo"])  # a tokenizer file that did not come with the weights: named here
+    own = getattr(model, "loss_kind", None)
+    if own not in ("clip", "siglip"):
+        raise InvalidInputError(f"{source}: a {family} model names no training loss (loss_kind); it cannot be trained")
+    if own == "siglip" and config.optim.loss == "clip":
+        # The softmax is blind to an additive bias: logit_bias would get no gradient and the trained
+        # model's sigmoid probabilities (what it reports) would be left uncalibrated.
+        raise InvalidInputError(
+            f"{source}: a {family} model scores pairs with a sigmoid (exp(logit_scale) * cos + logit_bias); the softmax "
+            "loss (optim.loss = \"clip\") cannot train its bias: use optim.loss = \"siglip\" (its default) or leave it unset"
+        )
+
+
+def call_evaluate(model: nn.Module, preprocess: Preprocess, tokenizer: Tokenizer, config: TrainConfig) -> dict:
     """clipforge.evaluation.evaluate, imported only when evaluation is configured."""
     from clipforge.evaluation import evaluate
 
@@ -164,8 +186,11 @@ class _Run:
         freeze_tower(self.model, config.model.freeze)
         if config.optim.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
+        self.loss_kind = loss_kind(config, self.model)
+        # A SigLIP model's own logit_bias is the one trained; other models trained with the sigmoid loss get the loss's.
         self.loss_fn = build_loss(
-            config.optim.loss, local_loss=config.optim.local_loss, dist=info, init_logit_bias=config.optim.siglip_init_logit_bias
+            self.loss_kind, local_loss=config.optim.local_loss, dist=info,
+            init_logit_bias=config.optim.siglip_init_logit_bias, model=self.model,
         ).to(device)
         self.train_module = TrainModule(self.model, self.loss_fn)
         self.module: nn.Module = self.train_module
@@ -191,7 +216,8 @@ class _Run:
             silhouette_p=augment.silhouette_p,
         )
         self.data = TrainData(
-            config.data.train, transform, context_length=self.model.config.text.context_length,
+            config.data.train, transform, context_length=self.model.record.tokenizer.context_length,
+            tokenizer=self.model.record.tokenizer,  # the model's own (CLIP BPE, SentencePiece, WordPiece, XLM-R)
             batch_size=config.optim.batch_size, accum_steps=config.optim.accum_steps, rank=info.rank,
             world_size=info.world_size, workers=config.data.workers, seed=config.run.seed, data_format=config.data.format,
             image_root=config.data.image_root, csv_separator=config.data.csv_separator, num_samples=config.data.num_samples,
@@ -333,7 +359,9 @@ class _Run:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
-            self.train_module.model.clamp_logit_scale()
+            clamp = getattr(self.train_module.model, "clamp_logit_scale", None)
+            if clamp is not None:  # CLIP families clamp exp(logit_scale) at 100; SigLIP (big_vision) does not
+                clamp()
         else:  # every sample of the global batch was bad: nothing to learn from, keep schedule and data in step
             logger.warning("step %d: no usable samples in the whole batch; optimizer step skipped", self.step)
         self.schedule.advance()
@@ -371,8 +399,8 @@ class _Run:
             "samples_per_s": round(self._interval_samples / elapsed, 2),
             "skipped": self.skipped,
         }
-        if self.config.optim.loss == "siglip":
-            record["logit_bias"] = float(self.loss_fn.logit_bias.detach())
+        if self.loss_kind == "siglip":
+            record["logit_bias"] = float(self.loss_fn.bias.detach())
         self._interval_samples, self._interval_start = 0, time.perf_counter()
         self.last_record = record
         self._write_record(record)

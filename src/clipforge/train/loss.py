@@ -6,9 +6,12 @@ open_clip's losses do). Across ranks, features are gathered with gradients
 (`distributed.gather_with_grad`) and each loss is scaled so that N processes with batch B give
 exactly the gradients of one process with batch N*B once DDP averages them (see `_rank_weight`).
 
-SigLIP's learnable logit bias lives here, in the loss module, not in `ClipModel`: it is part of
-the training objective, not of the embedding model. Zero-shot classification and retrieval with
-a softmax/argmax over cosine similarities are unchanged by an additive constant, and keeping it out
+SigLIP's learnable logit bias: a SigLIP-family model (`SiglipModel`) has its own `logit_bias`
+parameter, and that is the one trained (`SigLipLoss(bias_owner=model)`: the loss reads the model's
+parameter and holds none itself), so the saved model scores with the bias it was trained with.
+A CLIP-family model trained with the sigmoid loss has no bias: it then lives here, in the loss
+module, as part of the training objective. Zero-shot classification and retrieval with a
+softmax/argmax over cosine similarities are unchanged by an additive constant, and keeping it out
 of the model keeps ClipModel's canonical (OpenAI) state-dict layout, so every converter and
 checkpoint format stays valid for SigLIP-trained weights. It is saved in the training checkpoint.
 """
@@ -85,16 +88,31 @@ class ClipLoss(nn.Module):
 class SigLipLoss(nn.Module):
     """Pairwise sigmoid loss: -sum log sigmoid(z_ij * (t * x_i.y_j + b)) / B, z = +1 on pairs, -1 off.
 
-    Holds the learnable bias `logit_bias` (init -10, as in the paper). Across ranks each rank scores
+    Holds the learnable bias `logit_bias` (init -10, as in the paper), or, with `bias_owner`
+    (a model that has its own `logit_bias` parameter, SigLIP's), reads that one and holds no
+    parameter. Across ranks each rank scores
     its own images against every rank's texts (gathered with gradients), which is open_clip's
     "gather" variant; the loss is a sum over pairs divided by the local batch, so it is
     weighted like ClipLoss's local loss.
     """
 
-    def __init__(self, init_logit_bias: float = -10.0, dist: Optional[DistInfo] = None) -> None:
+    def __init__(
+        self, init_logit_bias: float = -10.0, dist: Optional[DistInfo] = None, bias_owner: Optional[nn.Module] = None
+    ) -> None:
         super().__init__()
-        self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
+        if bias_owner is None:
+            self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
+        else:
+            # A plain reference, not a submodule: the parameter stays the model's alone (one copy in the
+            # optimizer, in the model's state dict, in DDP's buckets).
+            self.__dict__["_bias_owner"] = bias_owner
         self.dist = dist or DistInfo()
+
+    @property
+    def bias(self) -> torch.Tensor:
+        """The bias parameter in use: the model's `logit_bias`, or this module's own."""
+        owner = self.__dict__.get("_bias_owner")
+        return owner.logit_bias if owner is not None else self.logit_bias
 
     def forward(
         self,
@@ -104,7 +122,7 @@ class SigLipLoss(nn.Module):
         detach_params: bool = False,  # gradient accumulation: the bias gets its gradient in one pass only
     ) -> torch.Tensor:
         info = self.dist
-        bias = self.logit_bias.detach() if detach_params else self.logit_bias
+        bias = self.bias.detach() if detach_params else self.bias
         rows = image_features.shape[0]
         all_texts, sizes = gather_with_grad(text_features, info)
         if rows == 0:
@@ -118,9 +136,14 @@ class SigLipLoss(nn.Module):
         return loss * _rank_weight(rows, sizes, info) if info.distributed else loss
 
 
-def build_loss(kind: str, *, local_loss: bool, dist: DistInfo, init_logit_bias: float = -10.0) -> nn.Module:
+def build_loss(
+    kind: str, *, local_loss: bool, dist: DistInfo, init_logit_bias: float = -10.0, model: Optional[nn.Module] = None
+) -> nn.Module:
+    """The loss module of `kind`. With `model` given and a sigmoid loss, a model that has its own
+    `logit_bias` parameter (SigLIP) has that one trained; other models get the loss's own bias."""
     if kind == "clip":
         return ClipLoss(local_loss=local_loss, dist=dist)
     if kind == "siglip":
-        return SigLipLoss(init_logit_bias=init_logit_bias, dist=dist)
+        owner = model if isinstance(getattr(model, "logit_bias", None), nn.Parameter) else None
+        return SigLipLoss(init_logit_bias=init_logit_bias, dist=dist, bias_owner=owner)
     raise InvalidInputError(f"unknown loss {kind!r}: expected 'clip' or 'siglip'")

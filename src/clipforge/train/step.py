@@ -17,20 +17,19 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from clipforge.models import ClipModel
-
 __all__ = ["TrainModule", "forward_backward", "autocast_factory"]
 
 
 class TrainModule(nn.Module):
-    """The model and the loss's parameters under one module, so DDP also averages SigLIP's bias.
+    """The model (any family) and the loss's parameters under one module, so DDP also averages
+    the sigmoid loss's own bias (a SigLIP model's bias is the model's, already under it).
 
     forward returns L2-normalized image and text features and the temperature multiplier
     exp(logit_scale). An empty micro-batch (all its samples were bad) runs one dummy row and
     returns zero rows, so every rank still takes part in the same collectives and backward.
     """
 
-    def __init__(self, model: ClipModel, loss: nn.Module) -> None:
+    def __init__(self, model: nn.Module, loss: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.loss = loss
@@ -39,8 +38,12 @@ class TrainModule(nn.Module):
         rows = images.shape[0]
         if rows == 0:
             images = images.new_zeros((1,) + tuple(images.shape[1:]))
-            texts = texts.new_zeros((1, texts.shape[1]))
-            texts[0, 0], texts[0, 1] = self.model.config.text.sot_token_id, self.model.config.text.eot_token_id
+            text_cfg = self.model.config.text
+            if hasattr(text_cfg, "sot_token_id"):  # CLIP's BPE: start, end, padding
+                texts = texts.new_zeros((1, texts.shape[1]))
+                texts[0, 0], texts[0, 1] = text_cfg.sot_token_id, text_cfg.eot_token_id
+            else:  # other tokenizers: the model's own example ids (a fixed generator: global RNG untouched)
+                texts = self.model.example_tokens(1, generator=torch.Generator().manual_seed(0)).to(texts.device)
         image_features = self.model.encode_image(images, normalize=True)[:rows]
         text_features = self.model.encode_text(texts, normalize=True)[:rows]
         return image_features, text_features, self.model.logit_scale.exp()

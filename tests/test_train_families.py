@@ -1,0 +1,268 @@
+"""`clipforge train` fine-tunes every family (docs/training.md): a tiny random model written by its
+reference library (transformers for SigLIP / SigLIP 2 / Chinese-CLIP, open_clip for XLM-R CLIP,
+EVA02-CLIP and MobileCLIP) is the `init`; a few steps on the synthetic shapes set train it with its
+own loss (SigLIP's sigmoid with the model's logit_bias, CLIP's softmax for the others), tokenized by
+its own tokenizer; the final file loads as the same family and gives the in-memory model's outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import train_config
+
+import clipforge
+from clipforge.errors import InvalidInputError
+from clipforge.train import train
+from clipforge.train.distributed import DistInfo
+from clipforge.train.loss import build_loss
+from clipforge.train.step import TrainModule, forward_backward
+from clipforge.train.synthetic import write_shapes_dataset
+
+open_clip = pytest.importorskip("open_clip")
+transformers = pytest.importorskip("transformers")
+
+QUIET = {"progress": False, "workers": 0, "plot": False}
+
+
+# ---- each family's tiny model, written by its reference library ---------------------------------------
+
+
+def write_siglip(root: Path) -> Path:
+    from siglip_helpers import write_hf_siglip_dir
+
+    write_hf_siglip_dir(root)
+    return root
+
+
+def write_siglip2(root: Path) -> Path:
+    from siglip_helpers import hf_siglip2, spm_model
+
+    hf_siglip2().save_pretrained(root)
+    (root / "tokenizer.model").write_bytes(spm_model("gemma"))
+    return root
+
+
+def write_chinese_clip(root: Path) -> Path:
+    from test_chinese_clip import OFA_PREPROCESSOR, build_vocab, perturb, tiny_hf_config
+    from transformers import ChineseCLIPModel
+
+    torch.manual_seed(0)
+    vocab = build_vocab()
+    model = ChineseCLIPModel(tiny_hf_config(len(vocab))).eval()
+    perturb(model)
+    model.save_pretrained(root)
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    (root / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True}))
+    (root / "preprocessor_config.json").write_text(json.dumps(OFA_PREPROCESSOR))
+    return root
+
+
+def write_xlm_roberta_clip(root: Path) -> Path:
+    from safetensors.torch import save_file
+    from test_xlm_roberta_clip import TINY_TOWER, VISION_CFG, perturb, train_sentencepiece
+    from transformers import XLMRobertaConfig
+
+    spm = train_sentencepiece(root)
+    tower_dir = root / TINY_TOWER
+    XLMRobertaConfig(vocab_size=302, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=192,
+                     max_position_embeddings=80, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                     layer_norm_eps=1e-5).save_pretrained(tower_dir)
+    torch.manual_seed(0)
+    text_cfg = {"hf_model_name": str(tower_dir), "hf_tokenizer_name": str(tower_dir), "hf_pooler_type": "mean_pooler",
+                "hf_proj_type": "mlp", "hf_model_pretrained": False}
+    model = open_clip.CustomTextCLIP(embed_dim=48, vision_cfg=VISION_CFG, text_cfg=text_cfg).eval()
+    perturb(model)
+    hub = root / "hub"
+    hub.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, hub / "open_clip_model.safetensors")
+    model_cfg = {"embed_dim": 48, "vision_cfg": VISION_CFG,
+                 "text_cfg": {"hf_model_name": TINY_TOWER, "hf_tokenizer_name": TINY_TOWER, "hf_pooler_type": "mean_pooler"}}
+    (hub / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    (hub / "sentencepiece.bpe.model").write_bytes(spm.read_bytes())
+    return hub
+
+
+def write_eva_clip(root: Path) -> Path:
+    from safetensors.torch import save_file
+    from test_eva_clip import _register_tiny_timm_eva, open_clip_tiny, randomize_
+
+    _register_tiny_timm_eva()
+    torch.manual_seed(0)
+    model = randomize_(open_clip_tiny(), seed=1)
+    path = root / "eva_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def write_mobileclip(root: Path) -> Path:
+    from safetensors.torch import save_file
+    from test_mobileclip import _register_tiny_timm_mci, open_clip_tiny, randomize_
+
+    _register_tiny_timm_mci()
+    torch.manual_seed(0)
+    model = randomize_(open_clip_tiny(True), seed=3)
+    path = root / "mobileclip_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+WRITERS = {
+    "siglip": write_siglip, "siglip2": write_siglip2, "chinese_clip": write_chinese_clip,
+    "xlm_roberta_clip": write_xlm_roberta_clip, "eva_clip": write_eva_clip, "mobileclip": write_mobileclip,
+}
+FAMILY = {"siglip2": "siglip"}  # SigLIP 2 is the siglip family (config.variant "siglip2")
+
+
+@pytest.fixture()
+def tiny_xlmr_tower(monkeypatch):
+    """open_clip configs name XLM-R towers by hub name; the test's tiny one joins clipforge's table."""
+    from test_xlm_roberta_clip import TINY_TOWER
+
+    from clipforge.checkpoint_formats import xlm_roberta
+    from clipforge.configs import BertTextConfig
+
+    monkeypatch.setitem(xlm_roberta.TEXT_TOWERS, TINY_TOWER, BertTextConfig(
+        vocab_size=302, width=128, layers=2, heads=2, mlp_width=192, max_positions=80, type_vocab_size=1,
+        layer_norm_eps=1e-5, pad_token_id=1, context_length=77, positions="roberta", pooling="mean"))
+
+
+def load_quietly(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bare open_clip files state no numerics (AssumptionWarning)
+        return clipforge.load(path, dtype=torch.float32)
+
+
+def _records(out_dir: Path) -> list[dict]:
+    return [r for r in map(json.loads, (out_dir / "metrics.jsonl").read_text().splitlines()) if r["type"] == "train"]
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+# ---- fast: the refusals and the sigmoid loss value --------------------------------------------------------
+
+
+def test_softmax_loss_on_a_siglip_model_is_refused_in_one_line(tmp_path):
+    init = write_siglip(tmp_path / "siglip")
+    data = write_shapes_dataset(tmp_path / "data", 8)
+    with pytest.raises(InvalidInputError) as info:
+        train(train_config(init=str(init), train=str(data), loss="clip", batch_size=4, max_steps=1,
+                           out_dir=str(tmp_path / "run"), **QUIET))
+    message = str(info.value)
+    assert "\n" not in message and "sigmoid" in message and "logit_bias" in message and 'optim.loss = "siglip"' in message
+
+
+def test_siglip_loss_at_step_0_equals_the_references(tmp_path):
+    """The trainer's loss on a SigLIP model (its own logit_scale and logit_bias) equals open_clip's
+    SigLipLoss on the same features and transformers' SiglipModel(return_loss=True) on the same inputs;
+    the bias's gradient lands on the model's parameter."""
+    from open_clip.loss import SigLipLoss as RefSigLipLoss
+
+    init = write_siglip(tmp_path / "siglip")
+    hf_model = transformers.SiglipModel.from_pretrained(init).eval()
+    model, _, tokenizer = clipforge.load(init, dtype=torch.float32)
+    assert model.loss_kind == "siglip" and tokenizer.context_length == 64
+    with torch.no_grad():  # a trained-looking scale and bias, not the init's round numbers
+        model.logit_scale.fill_(math.log(117.3))
+        model.logit_bias.fill_(-12.9)
+        hf_model.logit_scale.fill_(math.log(117.3))
+        hf_model.logit_bias.fill_(-12.9)
+    pixels = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    tokens = tokenizer(["a red circle", "a blue square", "a green triangle", "a cat", "two dogs", "a photo of a red square"])
+
+    loss_fn = build_loss(model.loss_kind, local_loss=True, dist=DistInfo(), model=model)
+    assert list(loss_fn.parameters()) == []  # the model's bias is the one trained, the loss holds none
+    module = TrainModule(model.eval(), loss_fn)
+    ours = forward_backward(module, loss_fn, [(pixels, tokens)])
+
+    with torch.no_grad():
+        image = model.encode_image(pixels, normalize=True)
+        text = model.encode_text(tokens, normalize=True)
+        reference = RefSigLipLoss()(image, text, model.logit_scale.exp(), model.logit_bias)
+        hf_loss = hf_model(input_ids=tokens, pixel_values=pixels, return_loss=True).loss
+    # open_clip's SigLipLoss and transformers' loss are both sum / batch (the SigLIP paper's normalisation)
+    assert abs(ours.item() - reference.item()) <= 1e-5, (ours.item(), reference.item())
+    assert abs(ours.item() - hf_loss.item()) <= 1e-4, (ours.item(), hf_loss.item())
+    assert model.logit_bias.grad is not None and model.logit_bias.grad.abs().item() > 0
+    assert model.logit_scale.grad is not None
+
+
+# ---- slow: a few training steps per family ----------------------------------------------------------------
+
+CASES = [  # (model written by its reference, loss: None = the family's own, extra settings)
+    ("siglip", None, {}),
+    ("siglip2", None, {}),
+    ("chinese_clip", None, {}),
+    ("xlm_roberta_clip", None, {}),
+    ("eva_clip", None, {"grad_checkpointing": True}),
+    ("mobileclip", None, {}),
+    ("eva_clip", "siglip", {}),  # a CLIP-family model may take the sigmoid loss (its bias then lives in the loss)
+    ("siglip", None, {"freeze": "image"}),  # LiT on a SigLIP model
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("writer,loss,extra", CASES, ids=[f"{w}-{l or 'own'}{'-' + '-'.join(e) if e else ''}" for w, l, e in CASES])
+def test_fine_tune_each_family(tmp_path, writer, loss, extra, request):
+    if writer == "xlm_roberta_clip":
+        request.getfixturevalue("tiny_xlmr_tower")
+    init = WRITERS[writer](tmp_path / writer)
+    before, _, tokenizer = load_quietly(init)
+    family = FAMILY.get(writer, writer)
+    assert before.config.family == family
+    expected_loss = loss or ("siglip" if family == "siglip" else "clip")
+    assert (loss or before.loss_kind) == expected_loss
+
+    data = write_shapes_dataset(tmp_path / "data", 32, image_size=before.config.image_size)
+    settings = dict(init=str(init), train=str(data), batch_size=16, max_steps=6, lr=1e-3, warmup_steps=0,
+                    weight_decay=0.0, out_dir=str(tmp_path / "run"), **QUIET)
+    if loss is not None:
+        settings["loss"] = loss
+    settings.update(extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = train(train_config(**settings))
+    assert result.steps == 6 and result.skipped_samples == 0
+
+    records = _records(tmp_path / "run")
+    losses = [r["loss"] for r in records]
+    assert all(math.isfinite(x) for x in losses), losses
+    assert ("logit_bias" in records[0]) == (expected_loss == "siglip")
+    assert min(losses[-2:]) < losses[0], losses  # the shapes are learnable: the loss goes down
+
+    trained = result.model
+    assert type(trained) is type(before)
+    old, new = before.state_dict(), trained.state_dict()
+    changed = [k for k in new if not torch.equal(old[k], new[k].cpu())]
+    assert changed
+    if family == "siglip" and expected_loss == "siglip":
+        assert "logit_bias" in changed  # the model's own bias is the one trained
+        assert records[-1]["logit_bias"] == pytest.approx(trained.logit_bias.item())
+    if extra.get("freeze") == "image":
+        assert not any(k.startswith("visual.") for k in changed) and any(k.startswith("text.") for k in changed)
+
+    # The final file loads as the same family, with the same tokenizer, and gives the same outputs.
+    loaded, _, loaded_tokenizer = clipforge.load(result.final_path)
+    assert type(loaded) is type(before) and loaded.config == trained.config
+    texts = ["a red circle", "a blue square on white", "zzz"]
+    tokens = loaded_tokenizer(texts)
+    assert torch.equal(tokens, tokenizer(texts))
+    pixels = torch.randn(3, 3, before.config.image_size, before.config.image_size, generator=torch.Generator().manual_seed(1))
+    trained.eval()
+    with torch.no_grad():
+        diffs = {
+            "image": _max_diff(loaded.encode_image(pixels), trained.encode_image(pixels)),
+            "text": _max_diff(loaded.encode_text(tokens), trained.encode_text(tokens)),
+            "logits": _max_diff(loaded.logits(loaded.encode_image(pixels, normalize=True), loaded.encode_text(tokens, normalize=True)),
+                                trained.logits(trained.encode_image(pixels, normalize=True), trained.encode_text(tokens, normalize=True))),
+        }
+    assert max(diffs.values()) == 0.0, diffs
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, new[key].cpu()), key
