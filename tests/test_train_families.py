@@ -194,7 +194,7 @@ def test_siglip_loss_at_step_0_equals_the_references(tmp_path):
     assert model.logit_scale.grad is not None
 
 
-# ---- slow: a few training steps per family ----------------------------------------------------------------
+# ---- a few training steps per family (each well under 10 s on a CPU) ----------------------------------------------------------------
 
 CASES = [  # (model written by its reference, loss: None = the family's own, extra settings)
     ("siglip", None, {}),
@@ -208,11 +208,11 @@ CASES = [  # (model written by its reference, loss: None = the family's own, ext
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("writer,loss,extra", CASES, ids=[f"{w}-{l or 'own'}{'-' + '-'.join(e) if e else ''}" for w, l, e in CASES])
 def test_fine_tune_each_family(tmp_path, writer, loss, extra, request):
     if writer == "xlm_roberta_clip":
         request.getfixturevalue("tiny_xlmr_tower")
+    (tmp_path / writer).mkdir()
     init = WRITERS[writer](tmp_path / writer)
     before, _, tokenizer = load_quietly(init)
     family = FAMILY.get(writer, writer)
@@ -263,6 +263,8 @@ def test_fine_tune_each_family(tmp_path, writer, loss, extra, request):
             "logits": _max_diff(loaded.logits(loaded.encode_image(pixels, normalize=True), loaded.encode_text(tokens, normalize=True)),
                                 trained.logits(trained.encode_image(pixels, normalize=True), trained.encode_text(tokens, normalize=True))),
         }
-    assert max(diffs.values()) == 0.0, diffs
-    for key, value in loaded.state_dict().items():
+    for key, value in loaded.state_dict().items():  # the weights come back bit for bit
         assert torch.equal(value, new[key].cpu()), key
+    # Same weights, same inputs: equal outputs up to the CPU kernels' rounding (measured 0 to 6e-7 for
+    # SigLIP's attention-pool tower from run to run, 0 for the others).
+    assert max(diffs.values()) <= 1e-6, diffs
