@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tiny_models import train_config
 import clipforge
 from clipforge.errors import InvalidInputError
 from clipforge.train import train
+from clipforge.train.data import CollatePairs
 from clipforge.train.distributed import DistInfo
 from clipforge.train.loss import build_loss
 from clipforge.train.step import TrainModule, forward_backward
@@ -205,6 +207,7 @@ CASES = [  # (model written by its reference, loss: None = the family's own, ext
     ("mobileclip", None, {}),
     ("eva_clip", "siglip", {}),  # a CLIP-family model may take the sigmoid loss (its bias then lives in the loss)
     ("siglip", None, {"freeze": "image"}),  # LiT on a SigLIP model
+    ("chinese_clip", None, {"freeze": "text", "wise_ft_alpha": 0.5}),  # a locked BERT tower, WiSE-FT
 ]
 
 
@@ -220,7 +223,15 @@ def test_fine_tune_each_family(tmp_path, writer, loss, extra, request):
     expected_loss = loss or ("siglip" if family == "siglip" else "clip")
     assert (loss or before.loss_kind) == expected_loss
 
-    data = write_shapes_dataset(tmp_path / "data", 32, image_size=before.config.image_size)
+    # The trainer's collate tokenizes captions with the model's own tokenizer (SigLIP: padded to 64 with
+    # its pad id; Chinese-CLIP: WordPiece with [PAD], which the model masks out), also after pickling
+    # (DataLoader workers under spawn).
+    size = before.config.image_size
+    collate = pickle.loads(pickle.dumps(CollatePairs(size, 77, tokenizer=before.record.tokenizer)))
+    captions = ["a red circle", "a blue square on white"]
+    assert torch.equal(collate([(torch.zeros(3, size, size), c) for c in captions]).texts, tokenizer(captions))
+
+    data = write_shapes_dataset(tmp_path / "data", 32, image_size=size)
     settings = dict(init=str(init), train=str(data), batch_size=16, max_steps=6, lr=1e-3, warmup_steps=0,
                     weight_decay=0.0, out_dir=str(tmp_path / "run"), **QUIET)
     if loss is not None:
@@ -247,6 +258,12 @@ def test_fine_tune_each_family(tmp_path, writer, loss, extra, request):
         assert records[-1]["logit_bias"] == pytest.approx(trained.logit_bias.item())
     if extra.get("freeze") == "image":
         assert not any(k.startswith("visual.") for k in changed) and any(k.startswith("text.") for k in changed)
+    if extra.get("freeze") == "text":
+        assert not any(k.startswith("text") for k in changed) and any(k.startswith("visual.") for k in changed)
+    if "wise_ft_alpha" in extra:
+        finetuned = clipforge.load(tmp_path / "run" / "final_finetuned.safetensors")[0].state_dict()
+        for key in changed[:5]:
+            torch.testing.assert_close(new[key], torch.lerp(old[key], finetuned[key], 0.5), rtol=0, atol=1e-6)
 
     # The final file loads as the same family, with the same tokenizer, and gives the same outputs.
     loaded, _, loaded_tokenizer = clipforge.load(result.final_path)
@@ -268,3 +285,19 @@ def test_fine_tune_each_family(tmp_path, writer, loss, extra, request):
     # Same weights, same inputs: equal outputs up to the CPU kernels' rounding (measured 0 to 6e-7 for
     # SigLIP's attention-pool tower from run to run, 0 for the others).
     assert max(diffs.values()) <= 1e-6, diffs
+
+
+def test_siglip_run_resumes_exactly(tmp_path):
+    """A SigLIP run stopped after 2 steps and resumed to 4 ends with the weights (the model's
+    logit_bias included) of an uninterrupted 4-step run, bit for bit."""
+    init = write_siglip(tmp_path / "siglip")
+    data = write_shapes_dataset(tmp_path / "data", 32)
+    common = dict(init=str(init), train=str(data), batch_size=16, lr=1e-3, lr_schedule="constant",
+                  weight_decay=0.0, save_every_steps=2, **QUIET)
+    whole = train(train_config(max_steps=4, out_dir=str(tmp_path / "whole"), **common))
+    train(train_config(max_steps=2, out_dir=str(tmp_path / "parts"), **common))
+    resumed = train(train_config(max_steps=4, out_dir=str(tmp_path / "parts"), **common))
+    assert resumed.steps == 4
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in _records(tmp_path / "parts")] == [r["loss"] for r in _records(tmp_path / "whole")]
