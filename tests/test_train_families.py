@@ -301,3 +301,29 @@ def test_siglip_run_resumes_exactly(tmp_path):
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["loss"] for r in _records(tmp_path / "parts")] == [r["loss"] for r in _records(tmp_path / "whole")]
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_grad_checkpointing_gives_the_same_gradients(tmp_path, writer, request):
+    """optim.grad_checkpointing on any family: the same loss and gradients (to float rounding) as
+    without. Chinese-CLIP's and XLM-R's BERT text towers are not checkpointed (their image towers are)."""
+    if writer == "xlm_roberta_clip":
+        request.getfixturevalue("tiny_xlmr_tower")
+    (tmp_path / writer).mkdir()
+    model, _, tokenizer = load_quietly(WRITERS[writer](tmp_path / writer))
+    size = model.config.image_size
+    pixels = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    tokens = tokenizer(["a red circle", "a blue square", "a green star", "a yellow triangle"])
+    results = []
+    for checkpointing in (False, True):
+        model.zero_grad(set_to_none=True)
+        model.set_grad_checkpointing(checkpointing)
+        loss_fn = build_loss(model.loss_kind, local_loss=True, dist=DistInfo(), model=model)
+        module = TrainModule(model.train(), loss_fn)
+        loss = forward_backward(module, loss_fn, [(pixels, tokens)])
+        results.append((loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b, rtol=0, atol=1e-6)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) == len(list(model.parameters()))
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
