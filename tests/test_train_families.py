@@ -7,6 +7,7 @@ its own tokenizer; the final file loads as the same family and gives the in-memo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pickle
@@ -114,11 +115,32 @@ def write_mobileclip(root: Path) -> Path:
     return path
 
 
+def write_mobileclip_s(root: Path) -> Path:
+    """A FastViT-MCi (MobileCLIP-S) model by open_clip; its bare file does not show the image size or the
+    bidirectional text, so it is read with those stated (as test_mobileclip does) and given to the
+    trainer as the clipforge file that records them."""
+    from safetensors.torch import save_file
+    from test_mobileclip import _register_tiny_fastvits, fastvit_model_cfg, randomize_
+
+    from clipforge.configs import PreprocessConfig
+
+    _register_tiny_fastvits()
+    torch.manual_seed(0)
+    model = randomize_(open_clip.model.CustomTextCLIP(**fastvit_model_cfg("mci012")), seed=4)
+    bare = root / "fastvit_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(bare))
+    inferred = load_quietly(bare)[0]
+    config = inferred.config.replace(text_causal=False, vision=dataclasses.replace(inferred.config.vision, image_size=64))
+    ours, _, _ = clipforge.load(bare, arch=config, preprocess=PreprocessConfig(image_size=64, mean=(0.0,) * 3, std=(1.0,) * 3))
+    return clipforge.save(ours, root / "fastvit_tiny_clipforge.safetensors")
+
+
 WRITERS = {
     "siglip": write_siglip, "siglip2": write_siglip2, "chinese_clip": write_chinese_clip,
     "xlm_roberta_clip": write_xlm_roberta_clip, "eva_clip": write_eva_clip, "mobileclip": write_mobileclip,
+    "mobileclip_s": write_mobileclip_s,
 }
-FAMILY = {"siglip2": "siglip"}  # SigLIP 2 is the siglip family (config.variant "siglip2")
+FAMILY = {"siglip2": "siglip", "mobileclip_s": "mobileclip"}  # SigLIP 2 is the siglip family (config.variant "siglip2")
 
 
 @pytest.fixture()
@@ -205,6 +227,7 @@ CASES = [  # (model written by its reference, loss: None = the family's own, ext
     ("xlm_roberta_clip", None, {}),
     ("eva_clip", None, {"grad_checkpointing": True}),
     ("mobileclip", None, {}),
+    ("mobileclip_s", None, {"grad_checkpointing": True}),  # FastViT: its image tower runs unchecked
     ("eva_clip", "siglip", {}),  # a CLIP-family model may take the sigmoid loss (its bias then lives in the loss)
     ("siglip", None, {"freeze": "image"}),  # LiT on a SigLIP model
     ("chinese_clip", None, {"freeze": "text", "wise_ft_alpha": 0.5}),  # a locked BERT tower, WiSE-FT
@@ -306,7 +329,8 @@ def test_siglip_run_resumes_exactly(tmp_path):
 @pytest.mark.parametrize("writer", list(WRITERS))
 def test_grad_checkpointing_gives_the_same_gradients(tmp_path, writer, request):
     """optim.grad_checkpointing on any family: the same loss and gradients (to float rounding) as
-    without. Chinese-CLIP's and XLM-R's BERT text towers are not checkpointed (their image towers are)."""
+    without. Chinese-CLIP's and XLM-R's BERT text towers and MobileCLIP-S's FastViT image tower are
+    not checkpointed (the family's other tower is)."""
     if writer == "xlm_roberta_clip":
         request.getfixturevalue("tiny_xlmr_tower")
     (tmp_path / writer).mkdir()
@@ -327,3 +351,13 @@ def test_grad_checkpointing_gives_the_same_gradients(tmp_path, writer, request):
     assert grads_a.keys() == grads_b.keys() and len(grads_a) == len(list(model.parameters()))
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_missing_tokenizer_file_is_named_before_training(tmp_path):
+    from clipforge.text import MissingTokenizerError
+
+    init = write_siglip(tmp_path / "siglip")
+    (init / "spiece.model").unlink()
+    data = write_shapes_dataset(tmp_path / "data", 8)
+    with pytest.raises(MissingTokenizerError, match="tokenizer"):
+        train(train_config(init=str(init), train=str(data), batch_size=4, max_steps=1, out_dir=str(tmp_path / "run"), **QUIET))
