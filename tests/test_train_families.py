@@ -361,3 +361,37 @@ def test_a_missing_tokenizer_file_is_named_before_training(tmp_path):
     data = write_shapes_dataset(tmp_path / "data", 8)
     with pytest.raises(MissingTokenizerError, match="tokenizer"):
         train(train_config(init=str(init), train=str(data), batch_size=4, max_steps=1, out_dir=str(tmp_path / "run"), **QUIET))
+
+
+@pytest.mark.slow
+def test_siglip_model_two_processes_equal_one(tmp_path):
+    """torchrun, 2 gloo processes x 4 pairs vs 1 process x 8: the same per-step losses and, after 4
+    AdamW steps, the same weights (the model's logit_bias included, averaged by DDP)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not found")
+    init = write_siglip(tmp_path / "siglip")
+    data = write_shapes_dataset(tmp_path / "data", 48)
+    worker = Path(__file__).parent / "train_families_ddp_worker.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    for name, command in (("one", [sys.executable]), ("two", [torchrun, "--standalone", "--nproc_per_node", "2"])):
+        run = subprocess.run(command + [str(worker), str(tmp_path / name), str(init), str(data)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:]
+    m1, m2 = _records(tmp_path / "one"), _records(tmp_path / "two")
+    assert [r["step"] for r in m1] == [r["step"] for r in m2] == [1, 2, 3, 4]
+    for r1, r2 in zip(m1, m2):
+        assert abs(r1["loss"] - r2["loss"]) <= 1e-5 and abs(r1["logit_bias"] - r2["logit_bias"]) <= 1e-5
+    w1, w2 = load_file(tmp_path / "one/final.safetensors"), load_file(tmp_path / "two/final.safetensors")
+    assert w1.keys() == w2.keys()
+    for key in w1:
+        torch.testing.assert_close(w2[key], w1[key], rtol=0, atol=1e-4, msg=key)
