@@ -103,6 +103,9 @@ def test_embed_equals_encode_image(fam, loaded, images, tmp_path, capsys):
     ok(capsys, "embed", images, "--out", out_dir, "--model", fam.cli, "--workers", "0", "--no-progress",
        "--device", "cpu", "--batch-size", "2")
     paths, vectors = read_embeddings(out_dir)
+    # The same command again resumes (the run's model record is compared with the loaded model's).
+    assert "3 items were already done" in ok(capsys, "embed", images, "--out", out_dir, "--model", fam.cli, "--workers", "0",
+                                     "--no-progress", "--device", "cpu", "--batch-size", "2")
     assert vectors.shape == (3, loaded[0].config.embed_dim)
     expected = api_image(loaded, [Path(p) for p in paths])
     assert sorted(Path(p).name for p in paths) == [p.name for p in paths_of(images)]
@@ -198,6 +201,7 @@ def test_convert_to_each_format_and_back(fam, loaded, tmp_path, capsys):
             arch = model.config if fmt in ("open_clip", "openai") else None
             again, _, tokenizer = clipforge.load(dest, arch=arch, preprocess=model.record.preprocess)
         assert again.record.family == fam.family, fmt
+        assert torch.equal(tokenizer(fam.labels), tokens), fmt  # the tokenizer travels with the weights
         with torch.no_grad():
             got = (again.encode_image(pixels), again.encode_text(tokens))
         assert max(float((a - b).abs().max()) for a, b in zip(got, expected)) <= TOL, fmt
