@@ -88,6 +88,17 @@ def paths_of(images: Path) -> list[Path]:
     return sorted(images.glob("*.png"))
 
 
+def assert_cosine_ranking(names: list[str], scores: list[float], paths: list[Path], cos: torch.Tensor) -> None:
+    """`names` (best first, with their reported `scores`) are every image, ranked by the API's cosine:
+    each score is that image's cosine and the order is by it (exact ties may come in either order)."""
+    by_name = {p.name: c for p, c in zip(paths, cos.tolist())}
+    assert sorted(names) == sorted(by_name), (names, list(by_name))
+    for name, score in zip(names, scores):
+        assert abs(score - by_name[name]) <= 1e-4, (name, score, by_name[name])
+    ranked = [by_name[n] for n in names]
+    assert all(a >= b - 1e-6 for a, b in zip(ranked, ranked[1:])), (names, ranked)
+
+
 # ---- the commands ---------------------------------------------------------------------------------
 
 
@@ -143,10 +154,21 @@ def test_index_and_search_rank_by_cosine(fam, loaded, images, tmp_path, capsys):
     assert len(rows) == 3, out
     paths = paths_of(images)
     cos = (api_image(loaded, paths) @ api_text(loaded, [query]).T)[:, 0]
-    order = [paths[i].name for i in torch.argsort(cos, descending=True).tolist()]
-    assert [name for _, name in rows] == order, (rows, cos)
-    for score, name in rows:
-        assert abs(score - cos[[p.name for p in paths].index(name)].item()) <= 1e-4
+    assert_cosine_ranking([name for _, name in rows], [score for score, _ in rows], paths, cos)
+
+
+def test_compare_prints_cosines(fam, loaded, images, capsys):
+    paths = paths_of(images)
+    out = ok(capsys, "compare", *paths, "--model", fam.cli, "--texts", ",".join(fam.labels), "--device", "cpu")
+    cos = api_image(loaded, paths) @ api_text(loaded, fam.labels).T
+    rows = [line for line in out.splitlines() if any(p.name in line for p in paths)]
+    assert len(rows) == len(paths), out
+    for row, path in zip(rows, paths):
+        assert path.name in row
+        numbers = re.findall(r"-?\d+\.\d+", row.split(path.name, 1)[1])
+        assert len(numbers) == len(fam.labels), row
+        for text, expected in zip(numbers, cos[paths.index(path)].tolist()):
+            assert abs(float(text) - expected) <= 0.6 * 10 ** -len(text.split(".")[1]), (row, expected)
 
 
 def test_score(fam, loaded, images, capsys):
@@ -211,7 +233,25 @@ def test_convert_to_each_format_and_back(fam, loaded, tmp_path, capsys):
         assert code != 0 and fam.family in err and len(err.strip().splitlines()) == 1, (fmt, err)
 
 
-@pytest.mark.slow
+def test_the_installed_entry_point(fam, loaded, images, tmp_path):
+    """`python -m clipforge.cli.main` in a fresh process: classify, exit 0, no traceback.
+    (The XLM-R reference names a test-only text tower that only this process's table knows: its
+    clipforge file, which records the tower's config, is what the fresh process reads.)"""
+    import os
+    import subprocess
+    import sys
+
+    path = fam.cli if fam.cleanup is None else clipforge.save(loaded[0], tmp_path / "model.safetensors")
+    env = dict(os.environ, PYTHONIOENCODING="utf-8", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join([str(Path(clipforge.__file__).parent.parent), os.environ.get("PYTHONPATH", "")]))
+    for args in (["classify", str(paths_of(images)[0]), "--model", str(path), "--labels", ",".join(fam.labels),
+                  "--json", "--device", "cpu"]):
+        done = subprocess.run([sys.executable, "-m", "clipforge.cli.main", *args], capture_output=True, text=True,
+                              encoding="utf-8", env=env, timeout=300)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (args, done.stderr)
+    assert {p["label"] for p in json.loads(done.stdout)["results"][0]["predictions"]} == set(fam.labels)
+
+
 def test_onnx_export(fam, loaded, tmp_path):
     pytest.importorskip("onnxruntime")
     from clipforge.export import export_onnx, onnx_parity
@@ -257,6 +297,6 @@ def test_serve_classify_and_search(fam, loaded, images, tmp_path, capsys):
             results = r.json()["results"]
             paths = paths_of(images)
             cos = (api_image(loaded, paths) @ api_text(loaded, [fam.labels[0]]).T)[:, 0]
-            assert [Path(x["path"]).name for x in results] == [paths[i].name for i in torch.argsort(cos, descending=True)]
+            assert_cosine_ranking([Path(x["path"]).name for x in results], [x["score"] for x in results], paths, cos)
     finally:
         service.close()
