@@ -252,6 +252,23 @@ def test_the_installed_entry_point(fam, loaded, images, tmp_path):
     assert {p["label"] for p in json.loads(done.stdout)["results"][0]["predictions"]} == set(fam.labels)
 
 
+def test_stable_diffusion_conditioning_is_clips(fam, loaded):
+    """encode_prompt conditions on CLIP's causal text transformer: families whose text tower is that
+    (CLIP, EVA02, MobileCLIP) run; the others are refused in one line naming the family."""
+    from clipforge.errors import InvalidInputError
+    from clipforge.tasks.diffusion_conditioning import encode_prompt
+
+    model = loaded[0]
+    if fam.family in ("clip", "eva_clip", "mobileclip"):  # CLIP's text tower (MobileCLIP-S: without the causal mask)
+        with torch.no_grad():
+            out = encode_prompt(model, ["a cat"])
+        assert out.hidden_states.shape == (1, model.text_config.context_length, model.text_config.width)
+    else:
+        with pytest.raises(InvalidInputError, match=f"this {fam.family} model") as info:
+            encode_prompt(model, ["a cat"])
+        assert "\n" not in str(info.value)
+
+
 def test_onnx_export(fam, loaded, tmp_path):
     pytest.importorskip("onnxruntime")
     from clipforge.export import export_onnx, onnx_parity
