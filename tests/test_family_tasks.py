@@ -171,6 +171,25 @@ def test_compare_prints_cosines(fam, loaded, images, capsys):
             assert abs(float(text) - expected) <= 0.6 * 10 ** -len(text.split(".")[1]), (row, expected)
 
 
+def test_evaluate_zero_shot_and_retrieval(fam, loaded, images, tmp_path, capsys):
+    """`clipforge evaluate` on a split of the three images, captioned and labelled with the family's labels."""
+    paths = paths_of(images)
+    labels = [2, 0, 1]
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"image": str(p), "caption": fam.labels[c], "label": c, "source": str(p)} for p, c in zip(paths, labels)]
+    (data / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    (data / "classes.json").write_text(json.dumps({"classnames": fam.labels, "templates": ["{}"]}, ensure_ascii=False),
+                                       encoding="utf-8")
+    metrics = json.loads(ok(capsys, "evaluate", "--data", data, "--model", fam.cli, "--json", "--device", "cpu"))
+    cos = api_image(loaded, paths) @ api_text(loaded, fam.labels).T  # captions are the class names here
+    expected = float((cos.argmax(dim=1) == torch.tensor(labels)).float().mean())
+    assert metrics["zero_shot_top1"] == pytest.approx(expected, abs=1e-6)
+    assert metrics["image_to_text_R@1"] == pytest.approx(expected, abs=1e-6)
+    assert metrics["text_to_image_R@1"] == pytest.approx(
+        float((cos.argmax(dim=0) == torch.tensor([labels.index(c) for c in range(3)])).float().mean()), abs=1e-6)
+
+
 def test_score(fam, loaded, images, capsys):
     model = loaded[0]
     paths = paths_of(images)
