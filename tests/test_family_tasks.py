@@ -130,7 +130,7 @@ def test_classify_equals_model_probabilities(fam, loaded, images, capsys):
              "--json", "--top-k", len(fam.labels), "--device", "cpu")
     assert all(label in out for label in fam.labels if not label.isascii())  # not \u-escaped
     predictions = json.loads(out)["results"][0]["predictions"]
-    got = {p["label"]: p["prob"] if "prob" in p else p["probability"] for p in predictions}
+    got = {p["label"]: p["probability"] for p in predictions}
     with torch.no_grad():
         expected = model.probabilities(api_image(loaded, [image]), api_text(loaded, fam.labels))[0]
     assert sorted(got) == sorted(fam.labels)
@@ -138,11 +138,17 @@ def test_classify_equals_model_probabilities(fam, loaded, images, capsys):
         assert abs(got[label] - prob) <= TOL, (label, got[label], prob)
 
 
-def test_classify_with_the_models_own_templates(fam, capsys, images):
-    """Without --templates the record's template set is used (Chinese ones for Chinese-CLIP)."""
+def test_classify_with_the_models_own_templates(fam, capsys, images, tmp_path):
+    """Without --templates the record's template set is used (Chinese ones for Chinese-CLIP); a saved
+    classifier gives the same probabilities."""
+    saved = tmp_path / "classifier.safetensors"
     out = ok(capsys, "classify", paths_of(images)[0], "--model", fam.cli, "--labels", ",".join(fam.labels), "--json",
-             "--device", "cpu")
-    assert {p["label"] for p in json.loads(out)["results"][0]["predictions"]} == set(fam.labels)
+             "--device", "cpu", "--save-classifier", saved)
+    first = {p["label"]: p["probability"] for p in json.loads(out)["results"][0]["predictions"]}
+    assert set(first) == set(fam.labels)
+    out = ok(capsys, "classify", paths_of(images)[0], "--model", fam.cli, "--classifier", saved, "--json", "--device", "cpu")
+    again = {p["label"]: p["probability"] for p in json.loads(out)["results"][0]["predictions"]}
+    assert again == pytest.approx(first, abs=1e-6)
 
 
 def test_index_and_search_rank_by_cosine(fam, loaded, images, tmp_path, capsys):
@@ -155,6 +161,10 @@ def test_index_and_search_rank_by_cosine(fam, loaded, images, tmp_path, capsys):
     paths = paths_of(images)
     cos = (api_image(loaded, paths) @ api_text(loaded, [query]).T)[:, 0]
     assert_cosine_ranking([name for _, name in rows], [score for score, _ in rows], paths, cos)
+    out = ok(capsys, "search", index, "--image", paths[1], "-k", "3", "--device", "cpu")  # an image query
+    rows = [(float(s), Path(p).name) for s, p in re.findall(r"^\s+\d+\s+(-?\d\.\d{4})\s+(\S.*)$", out, re.M)]
+    image = api_image(loaded, paths)
+    assert_cosine_ranking([name for _, name in rows], [score for score, _ in rows], paths, image @ image[1])
 
 
 def test_compare_prints_cosines(fam, loaded, images, capsys):
