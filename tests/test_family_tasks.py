@@ -274,7 +274,7 @@ def test_the_installed_entry_point(fam, loaded, images, tmp_path):
     env = dict(os.environ, PYTHONIOENCODING="utf-8", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join([str(Path(clipforge.__file__).parent.parent), os.environ.get("PYTHONPATH", "")]))
     for args in (["classify", str(paths_of(images)[0]), "--model", str(path), "--labels", ",".join(fam.labels),
-                  "--json", "--device", "cpu"]):
+                  "--json", "--device", "cpu"],):
         done = subprocess.run([sys.executable, "-m", "clipforge.cli.main", *args], capture_output=True, text=True,
                               encoding="utf-8", env=env, timeout=300)
         assert done.returncode == 0 and "Traceback" not in done.stderr, (args, done.stderr)
