@@ -103,8 +103,14 @@ def assert_cosine_ranking(names: list[str], scores: list[float], paths: list[Pat
 
 
 def test_inspect_names_the_family(fam, capsys):
-    out = ok(capsys, "inspect", fam.native)
-    assert fam.family in out, out
+    """inspect names the family and offers `convert` only to the formats the family can be written in."""
+    for path in dict.fromkeys([fam.native, fam.cli]):
+        out = ok(capsys, "inspect", path)
+        assert ("a CLIP model" if fam.family == "clip" else f"a {fam.family} model") in out, out
+        convert = next(line for line in out.splitlines() if "clipforge convert" in line)
+        offered = set(re.findall(r"--to (\w+)", convert)) | set(re.findall(r"\w+", convert.split("#", 1)[1])
+                                                                         if "#" in convert else [])
+        assert offered - {"or"} == set(fam.convert_to), convert
 
 
 def test_embed_equals_encode_image(fam, loaded, images, tmp_path, capsys):
