@@ -315,31 +315,36 @@ def test_onnx_export(fam, loaded, tmp_path):
     assert max(diffs.values()) <= 1e-4, diffs
 
 
-def test_serve_classify_and_search(fam, loaded, images, tmp_path, capsys):
-    """The server as `clipforge serve` builds it (the index's model, the model's own templates)."""
+def test_serve_classify_and_search(fam, loaded, images, tmp_path, capsys, monkeypatch):
+    """`clipforge serve INDEX`: the service the command builds (the index's model, the model's own
+    templates), served on a free loopback port."""
     requests = pytest.importorskip("requests")
     from serve_helpers import LiveServer
 
-    from clipforge.serve.app import ServeOptions, create_app
-    from clipforge.serve.service import SearchService
-    from clipforge.tasks.search import SearchIndex
+    import clipforge.serve.app as serve_app
     from clipforge.cli.common import templates_option
+    from clipforge.image import load_image
     from clipforge.tasks.zero_shot import build_classifier, model_templates, probabilities
 
     index_dir = tmp_path / "index"
     ok(capsys, "index", images, "--out", index_dir, "--model", fam.cli, "--workers", "0", "--no-progress", "--device", "cpu")
+    built = {}
+
+    def run_server(service, host, port, options, **kwargs):  # what the command would serve, kept for the test
+        built.update(service=service, options=options)
+
+    monkeypatch.setattr(serve_app, "run_server", run_server)
+    ok(capsys, "serve", index_dir, "--device", "cpu")
+    service = built["service"]
     model, preprocess, tokenizer = loaded
     templates = templates_option(model_templates(model))
-    service = SearchService(SearchIndex(index_dir), model, preprocess, tokenizer, model_name=fam.name, templates=templates)
     try:
-        with LiveServer(create_app(service, ServeOptions(timeout=30))) as live:
+        with LiveServer(serve_app.create_app(service, built["options"])) as live:
             path = paths_of(images)[0]
             r = requests.post(f"{live.url}/api/classify", files={"image": (path.name, path.read_bytes())},
                               data={"labels": json.dumps(fam.labels)}, timeout=60)
             assert r.status_code == 200, r.text
             got = {x["label"]: x["prob"] for x in r.json()["labels"]}
-            from clipforge.image import load_image
-
             classifier = build_classifier(model, tokenizer, fam.labels, templates, progress=False)
             expected = probabilities(model, classifier, preprocess(load_image(path))[None])[0]
             for label, prob in zip(fam.labels, expected.tolist()):
