@@ -114,9 +114,15 @@ def check_with_target_library(model: ClipModel, destination: Path, to: str, rtol
         elif to == "openai":
             import clip as openai_clip
 
-            reference, _ = openai_clip.load(str(destination), device="cpu", jit=False)
-            reference = reference.float().eval()
-            name = "OpenAI's clip"
+            # clip.load builds the model with clip.model.build_model, which rounds the weights through
+            # fp16 (convert_weights) before `.float()`: that would hide the file's fp32 numbers behind
+            # ~1e-3 of rounding. The same builder, then the file's tensors copied in at full precision.
+            state = torch.load(destination, map_location="cpu", weights_only=True)
+            state = state.state_dict() if hasattr(state, "state_dict") else state
+            reference = openai_clip.model.build_model(dict(state)).float().eval()
+            reference.load_state_dict({k: v for k, v in state.items()
+                                       if k not in ("input_resolution", "context_length", "vocab_size")}, strict=True)
+            name = "OpenAI's clip (its build_model, fp32 weights)"
 
             def features(m: Any) -> tuple[torch.Tensor, torch.Tensor]:
                 return m.encode_image(pixels), m.encode_text(tokens)

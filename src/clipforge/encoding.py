@@ -167,18 +167,24 @@ def model_fingerprint(model: Any, tokenizer: Callable) -> dict[str, Any]:
     """
     probe = encode_texts(model, tokenizer, [PROBE_TEXT], progress=False)[0].cpu()
     return {
-        "config": model.config.to_dict(),
+        "config": _json_shaped(model.config.to_dict()),
         "weights_digest": weights_digest(model),
         "probe_text": PROBE_TEXT,
         "probe": [round(x, 6) for x in probe.tolist()],
     }
 
 
+def _json_shaped(value: Any) -> Any:
+    """`value` as it reads back from JSON (tuples become lists): a config held in memory and the same
+    config read from index.json / run config must compare equal (FastViT configs hold tuples)."""
+    return json.loads(json.dumps(value))
+
+
 def model_difference(a: dict[str, Any], b: dict[str, Any], min_cosine: float = 0.99) -> Optional[str]:
     """None when two fingerprints describe the same model, else a sentence saying how they differ."""
-    if a.get("config") != b.get("config"):
-        keys = sorted(k for k in set(a.get("config", {})) | set(b.get("config", {}))
-                      if a.get("config", {}).get(k) != b.get("config", {}).get(k))
+    config_a, config_b = _json_shaped(a.get("config", {})), _json_shaped(b.get("config", {}))
+    if config_a != config_b:
+        keys = sorted(k for k in set(config_a) | set(config_b) if config_a.get(k) != config_b.get(k))
         return f"the model configs differ (in {', '.join(keys)})"
     if a.get("weights_digest") and a.get("weights_digest") == b.get("weights_digest"):
         return None

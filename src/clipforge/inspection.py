@@ -274,7 +274,9 @@ def _inspect_dir(path: Path) -> Inspection:
             shapes, metadata = _shapes(path / weights)
             result = _inspect_tensors(path, shapes, metadata, fmt=fmt)
             result.format = "hf" if fmt == "hf" else "open_clip"
-            result.usage = _clip_usage(path)
+            # A folder's config states the architecture: no line about pinning it. The convert line stays
+            # the family's (a SigLIP or Chinese-CLIP folder is not offered OpenAI's format).
+            result.usage = [u for u in result.usage if not u.startswith("(pin the architecture")]
             if fmt == "open_clip" and optional_file(path / "open_clip_config.json"):
                 config = read_json(path / "open_clip_config.json", "open_clip_config.json")
                 stated = [k for k in ("model_cfg", "preprocess_cfg") if isinstance(config, dict) and k in config]

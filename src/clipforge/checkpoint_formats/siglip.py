@@ -414,6 +414,20 @@ def write_hf_files(directory: Path, record: ModelRecord) -> None:
 
     sp = sentencepiece.SentencePieceProcessor()
     sp.LoadFromSerializedProto(tok.model)
+    if tok.clean == "lower":
+        # Gemma's tokenizer (SigLIP 2): tokenizer.model, as the fixed-resolution SigLIP 2 releases hold it,
+        # with the bos / eos choices read_hf_tokenizer reads back (spiece.model would be read as T5's).
+        atomic_write(directory / "tokenizer.model", lambda f: f.write(tok.model))
+        gemma: dict[str, Any] = {"tokenizer_class": "GemmaTokenizer", "processor_class": "SiglipProcessor",
+                                 "model_max_length": tok.context_length, "pad_token": sp.id_to_piece(tok.pad_token_id),
+                                 "unk_token": sp.id_to_piece(sp.unk_id()), "add_bos_token": tok.bos_token_id is not None,
+                                 "add_eos_token": tok.eos_token_id is not None}
+        if tok.bos_token_id is not None:
+            gemma["bos_token"] = sp.id_to_piece(tok.bos_token_id)
+        if tok.eos_token_id is not None:
+            gemma["eos_token"] = sp.id_to_piece(tok.eos_token_id)
+        atomic_write_text(directory / "tokenizer_config.json", json.dumps(gemma, indent=2) + "\n")
+        return
     atomic_write(directory / "spiece.model", lambda f: f.write(tok.model))
     config = {"tokenizer_class": "SiglipTokenizer", "processor_class": "SiglipProcessor",
               "model_max_length": tok.context_length, "do_lower_case": tok.clean != "none",

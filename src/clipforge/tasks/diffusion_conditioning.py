@@ -125,6 +125,12 @@ def encode_prompt(
     Stable Diffusion checkpoints and does all of this per pipeline). Runs under the caller's grad
     mode (wrap in torch.no_grad() for inference).
     """
+    if not isinstance(model, CausalTextTransformer):
+        # What the pipelines condition on is CLIP's text transformer (its per-layer states, final norm,
+        # BPE windows): a model whose text tower is another kind (BERT, XLM-R, SigLIP's) cannot stand in.
+        family = getattr(getattr(model, "record", None), "family", None) or type(model).__name__
+        raise InvalidInputError(f"Stable Diffusion conditioning needs CLIP's causal text transformer; this {family} "
+                                f"model's text tower ({type(model).__name__}) is another kind")
     config = preset if isinstance(preset, ConditioningPreset) else get_preset(preset, encoder)
     layer_from_end = config.layer_from_end + _skip_offset(clip_skip, clip_skip_convention)
     n_layers = model.text_config.layers
