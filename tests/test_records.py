@@ -18,6 +18,7 @@ import clipforge
 from clipforge.configs import ClipConfig, PreprocessConfig, TextConfig, VisionTransformerConfig
 from clipforge.errors import AssumptionWarning
 from clipforge.image import Preprocess
+from clipforge.loading import bundled_model_path
 
 SAMPLES = Path(clipforge.__file__).parent / "bundled" / "samples"
 GELU = ClipConfig(embed_dim=32, vision=VisionTransformerConfig(image_size=32, patch_size=8, width=64, layers=2, heads=1),
@@ -167,5 +168,5 @@ def test_inspect_says_when_there_is_no_clip(tmp_path):
 
 
 def test_inspect_the_record_of_a_clipforge_file(tmp_path):
-    out = _inspect(clipforge.loading.bundled_model_path())
+    out = _inspect(bundled_model_path())
     assert out.returncode == 0 and "clipforge-mini" in out.stdout and "record      preprocessing 64 px" in out.stdout
