@@ -424,6 +424,46 @@ def test_hf_repo_dir_downloads_only_what_clip_needs(
     assert resolve_hf_repo_dir(hub_id, offline=True) == snapshot
 
 
+def test_open_clip_format_repo_loads_by_hub_id_offline(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch, no_network: list[str], tmp_path: Path
+) -> None:
+    """A repo in open_clip's own layout (open_clip_config.json + open_clip_model.safetensors, no
+    config.json), as laion/*, timm/* and apple/*-OpenCLIP repos are: `load(hub_id)` reads it."""
+    import torch
+    from tiny_models import TINY
+
+    import clipforge
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    source = clipforge.save(clipforge.ClipModel(TINY), tmp_path / "repo", format="open_clip")
+    files = {p.name: p.read_bytes() for p in Path(source).iterdir()}
+    assert "config.json" not in files
+    hub_id = "someone/tiny-open-clip"
+    snapshot = make_hf_cache(env["hf"], hub_id, files)
+    assert resolve_hf_repo_dir(hub_id) == snapshot
+    model, _, tokenizer = clipforge.load(hub_id)
+    original, _, _ = clipforge.load(source)
+    tokens = tokenizer(["a red square", "two owls"])
+    with torch.no_grad():
+        assert torch.equal(model.encode_text(tokens), original.encode_text(tokens))
+    assert model.record.provenance.source_format == "open_clip"
+    assert no_network == []
+
+
+def test_hf_repo_download_takes_sentencepiece_and_open_clip_files(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch, hub_online: None
+) -> None:
+    files = {"open_clip_config.json": b"{}", "open_clip_model.safetensors": b"w", "spiece.model": b"sp",
+             "open_clip_pytorch_model.bin": b"pickle", "tf_model.h5": b"tf"}
+    hub_id = "timm/some-siglip"
+    with loopback_server(fake_hub({hub_id: files})) as base:
+        monkeypatch.setenv("HF_ENDPOINT", base)
+        snapshot = resolve_hf_repo_dir(hub_id, offline=False)
+    # the safetensors weights, not the pickle as well; the tokenizer model; nothing of other frameworks
+    assert sorted(p.name for p in snapshot.iterdir()) == ["open_clip_config.json", "open_clip_model.safetensors", "spiece.model"]
+
+
 def test_hf_repo_dir_unreachable_hub(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch, hub_online: None) -> None:
     # A hub that answers 404 to everything: the repo is "not found", reported without a raw traceback.
     def not_found(h: http.server.BaseHTTPRequestHandler) -> None:

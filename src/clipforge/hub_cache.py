@@ -482,27 +482,50 @@ def hf_repo_weight_files(repo_dir: PathLike) -> list[Path]:
     return []
 
 
+# open_clip's own hub layout (laion/*, timm/*, apple/*-OpenCLIP repos): its config and weights file.
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+_OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+_REPO_CONFIGS = ("config.json", OPEN_CLIP_CONFIG)
+
+
+def repo_weight_files(repo_dir: PathLike) -> list[Path]:
+    """The weight files of a transformers-format folder, else of an open_clip-format one
+    (open_clip_config.json + open_clip_model.safetensors or open_clip_pytorch_model.bin); [] if none."""
+    repo_dir = Path(repo_dir)
+    if (repo_dir / "config.json").is_file():
+        found = hf_repo_weight_files(repo_dir)
+        if found:
+            return found
+    if (repo_dir / OPEN_CLIP_CONFIG).is_file():
+        for name in _OPEN_CLIP_WEIGHTS:
+            if (repo_dir / name).is_file():
+                return [repo_dir / name]
+    return []
+
+
 def _local_hf_snapshot(hub_id: str) -> Optional[Path]:
-    try:
-        return _hf_file(hub_id, "config.json", local_only=True).parent
-    except Exception as exc:
-        if not _is_hub_failure(exc):
-            raise
-        return None
+    for config in _REPO_CONFIGS:
+        try:
+            return _hf_file(hub_id, config, local_only=True).parent
+        except Exception as exc:
+            if not _is_hub_failure(exc):
+                raise
+    return None
 
 
 def resolve_hf_repo_dir(hub_id: str, *, offline: Optional[bool] = None) -> Path:
-    """The local snapshot folder of a transformers-format repo (config.json + weights).
+    """The local snapshot folder of a transformers-format repo (config.json + weights) or of an
+    open_clip-format one (open_clip_config.json + open_clip_model.safetensors / .bin).
 
     Looks in the Hugging Face cache first (no request); if the config or the weights are missing and
-    we are not offline, downloads only what a CLIP model needs (configs, tokenizer files, the
-    safetensors weights, or the .bin weights when the repo has no safetensors).
+    we are not offline, downloads only what a CLIP model needs (configs, tokenizer files including
+    SentencePiece models, the safetensors weights, or the .bin weights when the repo has no safetensors).
     """
     is_off = is_offline() if offline is None else offline
     failures: list[str] = []
     last_error: Optional[BaseException] = None
     snapshot = _local_hf_snapshot(hub_id)
-    if snapshot is not None and hf_repo_weight_files(snapshot):
+    if snapshot is not None and repo_weight_files(snapshot):
         return snapshot
 
     unreachable = None
@@ -513,8 +536,9 @@ def resolve_hf_repo_dir(hub_id: str, *, offline: Optional[bool] = None) -> Path:
         from huggingface_hub import snapshot_download
 
         pattern_sets = (
-            ["*.json", "*.txt", "model.safetensors", "model-*-of-*.safetensors"],
-            ["pytorch_model.bin", "pytorch_model-*-of-*.bin"],
+            # *.model: SentencePiece tokenizers (SigLIP's spiece.model, Gemma's tokenizer.model, XLM-R's).
+            ["*.json", "*.txt", "*.model", "model.safetensors", "model-*-of-*.safetensors", _OPEN_CLIP_WEIGHTS[0]],
+            ["pytorch_model.bin", "pytorch_model-*-of-*.bin", _OPEN_CLIP_WEIGHTS[1]],
         )
         for patterns in pattern_sets:
             try:
@@ -534,7 +558,7 @@ def resolve_hf_repo_dir(hub_id: str, *, offline: Optional[bool] = None) -> Path:
                 failures.append(f"hub {hub_id}: {_short(exc)}")
                 last_error = exc
                 break
-            if (snapshot / "config.json").is_file() and hf_repo_weight_files(snapshot):
+            if repo_weight_files(snapshot):
                 return snapshot
 
     raise WeightsNotFoundError(_hf_repo_message(hub_id, snapshot, failures, is_off, offline, unreachable)) from last_error
@@ -545,9 +569,10 @@ def _hf_repo_message(
     unreachable: Optional[str] = None,
 ) -> str:
     hf_cache = hf_hub_cache_dir()
-    have_config = snapshot is not None and (snapshot / "config.json").is_file()
+    have_config = snapshot is not None and any((snapshot / c).is_file() for c in _REPO_CONFIGS)
     missing = [] if have_config else ["config.json"]
-    missing.append("model.safetensors (or pytorch_model.bin, or their sharded forms)")
+    missing.append("model.safetensors (or pytorch_model.bin, or their sharded forms; for an open_clip repo "
+                   "open_clip_config.json and open_clip_model.safetensors)")
     where = snapshot if snapshot is not None else hf_cache / _repo_folder(hub_id) / "snapshots" / "<commit>"
     lines = [
         f"Hugging Face repo {hub_id} is not available locally: missing {' and '.join(missing)} in {where}.",
