@@ -81,8 +81,48 @@ class TextConfig:
         return int(self.width * self.mlp_ratio)
 
 
+class _FamilyConfig:
+    """What every family's architecture config shares (a mixin of the frozen dataclasses below, which
+    all have `vision` and `text` sub-configs): the image size, `replace`, `to_dict`, OpenAI's
+    preprocessing and BPE as defaults, and the family check of `from_dict`."""
+
+    family: ClassVar[str]
+
+    @property
+    def image_size(self) -> int:
+        return self.vision.image_size  # type: ignore[attr-defined]
+
+    def replace(self, **changes: Any) -> Any:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def default_preprocess(self) -> "PreprocessConfig":
+        """OpenAI's preprocessing at this image size: what a file that states nothing is assumed to need."""
+        return PreprocessConfig(image_size=self.image_size)
+
+    def default_tokenizer(self) -> "TokenizerConfig":
+        """OpenAI's BPE at this context length, padding with 0."""
+        return TokenizerConfig(context_length=self.text.context_length)  # type: ignore[attr-defined]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def _own_fields(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """A copy of `d` without its "family", which must be this class's (absent: older records)."""
+        d = dict(d)
+        family = d.pop("family", cls.family)
+        if family != cls.family:
+            raise InvalidInputError(f"a {family!r} architecture is not a {cls.__name__}")
+        return d
+
+
+def _check_activation(activation: str, allowed: tuple[str, ...] = ("quick_gelu", "gelu")) -> None:
+    if activation not in allowed:
+        raise InvalidInputError(f"activation must be one of {allowed}, got {activation!r}")
+
+
 @dataclass(frozen=True)
-class ClipConfig:
+class ClipConfig(_FamilyConfig):
     """OpenAI's CLIP: a ViT or ModifiedResNet image tower, a causal text tower pooled at the end
     token, both projected into one space; softmax over the texts at a learned temperature."""
 
@@ -99,23 +139,7 @@ class ClipConfig:
     max_logit_scale: float = 100.0
 
     def __post_init__(self) -> None:
-        if self.activation not in ("quick_gelu", "gelu"):
-            raise InvalidInputError(f"activation must be 'quick_gelu' or 'gelu', got {self.activation!r}")
-
-    @property
-    def image_size(self) -> int:
-        return self.vision.image_size
-
-    def replace(self, **changes: Any) -> "ClipConfig":
-        return dataclasses.replace(self, **changes)
-
-    def default_preprocess(self) -> "PreprocessConfig":
-        """OpenAI's preprocessing at this image size: what a file that states nothing is assumed to need."""
-        return PreprocessConfig(image_size=self.image_size)
-
-    def default_tokenizer(self) -> "TokenizerConfig":
-        """OpenAI's BPE at this context length, padding with 0."""
-        return TokenizerConfig(context_length=self.text.context_length)
+        _check_activation(self.activation)
 
     def to_dict(self) -> dict[str, Any]:
         # No "family" key here: CLIP's dict is what model fingerprints (embed, index) have always stored.
@@ -126,10 +150,7 @@ class ClipConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ClipConfig":
-        d = dict(d)
-        family = d.pop("family", cls.family)
-        if family != cls.family:
-            raise InvalidInputError(f"a {family!r} architecture is not a ClipConfig")
+        d = cls._own_fields(d)
         vision = dict(d.pop("vision"))
         kind = vision.pop("kind", "resnet" if "patch_size" not in vision else "vit")
         if kind == "resnet":
@@ -167,7 +188,7 @@ class EvaVisionConfig:
 
 
 @dataclass(frozen=True)
-class EvaClipConfig:
+class EvaClipConfig(_FamilyConfig):
     """open_clip's EVA02-CLIP (Sun et al. 2023): an EVA-02 image tower and open_clip's causal text
     tower (GELU, pooled at the end token), softmax over the texts at a learned temperature."""
 
@@ -182,32 +203,12 @@ class EvaClipConfig:
     max_logit_scale: float = 100.0
 
     def __post_init__(self) -> None:
-        if self.activation not in ("quick_gelu", "gelu"):
-            raise InvalidInputError(f"activation must be 'quick_gelu' or 'gelu', got {self.activation!r}")
+        _check_activation(self.activation)
 
-    @property
-    def image_size(self) -> int:
-        return self.vision.image_size
-
-    def replace(self, **changes: Any) -> "EvaClipConfig":
-        return dataclasses.replace(self, **changes)
-
-    def default_preprocess(self) -> "PreprocessConfig":
-        """EVA-CLIP was trained with OpenAI's mean/std and bicubic resizing (open_clip's pretrained cfg)."""
-        return PreprocessConfig(image_size=self.image_size)
-
-    def default_tokenizer(self) -> "TokenizerConfig":
-        return TokenizerConfig(context_length=self.text.context_length)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EvaClipConfig":
-        d = dict(d)
-        family = d.pop("family", cls.family)
-        if family != cls.family:
-            raise InvalidInputError(f"a {family!r} architecture is not an EvaClipConfig")
+        d = cls._own_fields(d)
         return cls(vision=EvaVisionConfig(**d.pop("vision")), text=TextConfig(**d.pop("text")), **d)
 
 
@@ -270,7 +271,7 @@ _FASTVIT_TUPLES = ("layers", "embed_dims", "mlp_ratios", "token_mixers", "downsa
 
 
 @dataclass(frozen=True)
-class MobileClipConfig:
+class MobileClipConfig(_FamilyConfig):
     """open_clip's MobileCLIP-B / MobileCLIP2-B: the conv-stem ViT above and open_clip's text tower,
     softmax over the texts at a learned temperature. `text_causal=False` is open_clip's
     `no_causal_mask` (the MobileCLIP S-variants' text towers): every token attends to every other,
@@ -289,23 +290,12 @@ class MobileClipConfig:
     max_logit_scale: float = 100.0
 
     def __post_init__(self) -> None:
-        if self.activation not in ("quick_gelu", "gelu"):
-            raise InvalidInputError(f"activation must be 'quick_gelu' or 'gelu', got {self.activation!r}")
-
-    @property
-    def image_size(self) -> int:
-        return self.vision.image_size
-
-    def replace(self, **changes: Any) -> "MobileClipConfig":
-        return dataclasses.replace(self, **changes)
+        _check_activation(self.activation)
 
     def default_preprocess(self) -> "PreprocessConfig":
         """MobileCLIP feeds pixels in [0, 1]: mean 0, std 1 (open_clip's pretrained cfg), bilinear."""
         return PreprocessConfig(image_size=self.image_size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
                                 interpolation="bilinear")
-
-    def default_tokenizer(self) -> "TokenizerConfig":
-        return TokenizerConfig(context_length=self.text.context_length)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -314,10 +304,7 @@ class MobileClipConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MobileClipConfig":
-        d = dict(d)
-        family = d.pop("family", cls.family)
-        if family != cls.family:
-            raise InvalidInputError(f"a {family!r} architecture is not a MobileClipConfig")
+        d = cls._own_fields(d)
         vision = dict(d.pop("vision"))
         kind = vision.pop("kind", "vit_mci")
         if kind == "fastvit_mci":
@@ -356,7 +343,7 @@ class BertTextConfig:
 
 
 @dataclass(frozen=True)
-class ChineseClipConfig:
+class ChineseClipConfig(_FamilyConfig):
     """Chinese-CLIP (Yang et al. 2022; transformers' ChineseCLIPModel): CLIP's ViT image tower, a
     Chinese RoBERTa-wwm text tower pooled at [CLS], both projected (no bias) into one space;
     softmax over texts at a learned temperature, as CLIP."""
@@ -369,13 +356,6 @@ class ChineseClipConfig:
     vision_activation: Activation = "quick_gelu"  # OpenAI's ViT weights, which Chinese-CLIP starts from
     vision_layer_norm_eps: float = 1e-5
 
-    @property
-    def image_size(self) -> int:
-        return self.vision.image_size
-
-    def replace(self, **changes: Any) -> "ChineseClipConfig":
-        return dataclasses.replace(self, **changes)
-
     def default_preprocess(self) -> "PreprocessConfig":
         # The released weights resize straight to a square (preprocessor_config.json: no crop).
         return PreprocessConfig(image_size=self.image_size, mode="hf", resize_mode="squash")
@@ -385,20 +365,14 @@ class ChineseClipConfig:
         return TokenizerConfig(kind="wordpiece", context_length=self.text.context_length,
                                pad_token_id=self.text.pad_token_id, clean="lower", prompt_templates="chinese")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ChineseClipConfig":
-        d = dict(d)
-        family = d.pop("family", cls.family)
-        if family != cls.family:
-            raise InvalidInputError(f"a {family!r} architecture is not a {cls.__name__}")
+        d = cls._own_fields(d)
         return cls(vision=VisionTransformerConfig(**d.pop("vision")), text=BertTextConfig(**d.pop("text")), **d)
 
 
 @dataclass(frozen=True)
-class XlmRobertaClipConfig:
+class XlmRobertaClipConfig(_FamilyConfig):
     """open_clip's multilingual CLIP (`xlm-roberta-base-ViT-B-32`, HFTextEncoder): CLIP's ViT image
     tower, an XLM-RoBERTa text tower mean-pooled over real tokens, then open_clip's "mlp" projection
     (Linear, exact GELU, Linear; no biases); softmax over texts at a learned temperature."""
@@ -414,33 +388,18 @@ class XlmRobertaClipConfig:
     vision_layer_norm_eps: float = 1e-5
 
     @property
-    def image_size(self) -> int:
-        return self.vision.image_size
-
-    @property
     def projection_hidden(self) -> int:
         return (self.text.width + self.embed_dim) // 2  # open_clip's "mlp" proj width
 
-    def replace(self, **changes: Any) -> "XlmRobertaClipConfig":
-        return dataclasses.replace(self, **changes)
-
-    def default_preprocess(self) -> "PreprocessConfig":
-        return PreprocessConfig(image_size=self.image_size)
 
     def default_tokenizer(self) -> "TokenizerConfig":
         # XLM-R's sentencepiece.bpe.model must come with the weights: `model` stays None here.
         return TokenizerConfig(kind="xlm_roberta", context_length=self.text.context_length, pad_token_id=1,
                                bos_token_id=0, eos_token_id=2)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "XlmRobertaClipConfig":
-        d = dict(d)
-        family = d.pop("family", cls.family)
-        if family != cls.family:
-            raise InvalidInputError(f"a {family!r} architecture is not a {cls.__name__}")
+        d = cls._own_fields(d)
         return cls(vision=VisionTransformerConfig(**d.pop("vision")), text=BertTextConfig(**d.pop("text")), **d)
 
 
@@ -629,7 +588,7 @@ class SiglipTextConfig:
 
 
 @dataclass(frozen=True)
-class SiglipConfig:
+class SiglipConfig(_FamilyConfig):
     """SigLIP (Zhai et al. 2023) and SigLIP 2 (Tschannen et al. 2025): sigmoid logits
     exp(logit_scale) * cos + logit_bias. The image embedding is the attention pool's output (no
     projection), so `embed_dim` equals the vision width and the text head's output width.
@@ -650,19 +609,11 @@ class SiglipConfig:
     variant: Literal["siglip", "siglip2"] = "siglip"
 
     def __post_init__(self) -> None:
-        if self.activation not in ("quick_gelu", "gelu", "gelu_tanh"):
-            raise InvalidInputError(f"activation must be 'quick_gelu', 'gelu' or 'gelu_tanh', got {self.activation!r}")
+        _check_activation(self.activation, ("quick_gelu", "gelu", "gelu_tanh"))
         if self.embed_dim != self.vision.width:
             raise InvalidInputError(f"SigLIP's embed_dim ({self.embed_dim}) must equal the vision width ({self.vision.width})")
         if self.variant not in ("siglip", "siglip2"):
             raise InvalidInputError(f"variant must be 'siglip' or 'siglip2', got {self.variant!r}")
-
-    @property
-    def image_size(self) -> int:
-        return self.vision.image_size
-
-    def replace(self, **changes: Any) -> "SiglipConfig":
-        return dataclasses.replace(self, **changes)
 
     def default_preprocess(self) -> "PreprocessConfig":
         """SigLIP's: squash to a square (no crop), bicubic, mean = std = 0.5 (pixels to [-1, 1])."""
@@ -679,15 +630,9 @@ class SiglipConfig:
         return TokenizerConfig(kind="sentencepiece", context_length=self.text.context_length, pad_token_id=1,
                                eos_token_id=1, clean="canonicalize")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SiglipConfig":
-        d = dict(d)
-        family = d.pop("family", cls.family)
-        if family != cls.family:
-            raise InvalidInputError(f"a {family!r} architecture is not a SiglipConfig")
+        d = cls._own_fields(d)
         return cls(vision=SiglipVisionConfig(**d.pop("vision")), text=SiglipTextConfig(**d.pop("text")), **d)
 
 
