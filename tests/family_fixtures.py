@@ -94,34 +94,14 @@ def _xlm_roberta_clip(root: Path) -> FamilyModel:
     """open_clip's hub layout (open_clip_model.safetensors + open_clip_config.json + sentencepiece.bpe.model).
     open_clip names the text tower only by hub name: the test's tiny one joins clipforge's table for the
     module (undone by `cleanup`)."""
-    import open_clip
-    from safetensors.torch import save_file
-    from test_xlm_roberta_clip import TINY_TOWER, VISION_CFG, perturb, train_sentencepiece
-    from transformers import XLMRobertaConfig
+    from test_xlm_roberta_clip import TINY_TOWER, train_sentencepiece, write_open_clip_xlm_roberta_clip
 
     from clipforge.checkpoint_formats import xlm_roberta
     from clipforge.configs import BertTextConfig
 
     base = root / "xlmr"
     base.mkdir()
-    spm = train_sentencepiece(base)
-    tower_dir = base / TINY_TOWER
-    XLMRobertaConfig(vocab_size=302, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-                     max_position_embeddings=80, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                     layer_norm_eps=1e-5).save_pretrained(tower_dir)
-    torch.manual_seed(0)
-    text_cfg = {"hf_model_name": str(tower_dir), "hf_tokenizer_name": str(tower_dir), "hf_pooler_type": "mean_pooler",
-                "hf_proj_type": "mlp", "hf_model_pretrained": False}
-    model = open_clip.CustomTextCLIP(embed_dim=48, vision_cfg=VISION_CFG, text_cfg=text_cfg).eval()
-    perturb(model)
-    hub = base / "hub"
-    hub.mkdir()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, hub / "open_clip_model.safetensors")
-    model_cfg = {"embed_dim": 48, "vision_cfg": VISION_CFG,
-                 "text_cfg": {"hf_model_name": TINY_TOWER, "hf_tokenizer_name": TINY_TOWER, "hf_pooler_type": "mean_pooler"}}
-    (hub / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {
-        "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}}))
-    (hub / "sentencepiece.bpe.model").write_bytes(spm.read_bytes())
+    _, hub = write_open_clip_xlm_roberta_clip(base, train_sentencepiece(base), width=64, mlp_width=128)
     had = TINY_TOWER in xlm_roberta.TEXT_TOWERS
     xlm_roberta.TEXT_TOWERS[TINY_TOWER] = BertTextConfig(
         vocab_size=302, width=64, layers=2, heads=2, mlp_width=128, max_positions=80, type_vocab_size=1,

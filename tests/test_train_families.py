@@ -67,28 +67,9 @@ def write_chinese_clip(root: Path) -> Path:
 
 
 def write_xlm_roberta_clip(root: Path) -> Path:
-    from safetensors.torch import save_file
-    from test_xlm_roberta_clip import TINY_TOWER, VISION_CFG, perturb, train_sentencepiece
-    from transformers import XLMRobertaConfig
+    from test_xlm_roberta_clip import train_sentencepiece, write_open_clip_xlm_roberta_clip
 
-    spm = train_sentencepiece(root)
-    tower_dir = root / TINY_TOWER
-    XLMRobertaConfig(vocab_size=302, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=192,
-                     max_position_embeddings=80, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                     layer_norm_eps=1e-5).save_pretrained(tower_dir)
-    torch.manual_seed(0)
-    text_cfg = {"hf_model_name": str(tower_dir), "hf_tokenizer_name": str(tower_dir), "hf_pooler_type": "mean_pooler",
-                "hf_proj_type": "mlp", "hf_model_pretrained": False}
-    model = open_clip.CustomTextCLIP(embed_dim=48, vision_cfg=VISION_CFG, text_cfg=text_cfg).eval()
-    perturb(model)
-    hub = root / "hub"
-    hub.mkdir()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, hub / "open_clip_model.safetensors")
-    model_cfg = {"embed_dim": 48, "vision_cfg": VISION_CFG,
-                 "text_cfg": {"hf_model_name": TINY_TOWER, "hf_tokenizer_name": TINY_TOWER, "hf_pooler_type": "mean_pooler"}}
-    (hub / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
-    (hub / "sentencepiece.bpe.model").write_bytes(spm.read_bytes())
-    return hub
+    return write_open_clip_xlm_roberta_clip(root, train_sentencepiece(root))[1]
 
 
 def write_eva_clip(root: Path) -> Path:

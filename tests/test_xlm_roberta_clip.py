@@ -67,30 +67,23 @@ def perturb(model: torch.nn.Module, seed: int = 0) -> None:
 VISION_CFG = {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32}
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """(open_clip model, open_clip tokenizer, hub directory clipforge loads)."""
-    from open_clip.tokenizer import HFTokenizer
+def write_open_clip_xlm_roberta_clip(root: Path, spm: Path, width: int = 128, mlp_width: int = 192):
+    """A tiny open_clip XLM-R CLIP (random weights, perturbed) saved in open_clip's hub layout under
+    root/hub: open_clip_model.safetensors, open_clip_config.json (naming the tower TINY_TOWER, as the
+    released configs name theirs by hub id) and the SentencePiece model. Returns (model, hub)."""
+    import open_clip
+    from safetensors.torch import save_file
     from transformers import XLMRobertaConfig
 
-    root = tmp_path_factory.mktemp("xlmr")
-    spm = train_sentencepiece(root)
-    tokenizer_dir = root / "tokenizer"
-    tokenizer_dir.mkdir()
-    (tokenizer_dir / "sentencepiece.bpe.model").write_bytes(spm.read_bytes())
-    (tokenizer_dir / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "XLMRobertaTokenizer"}))
     tower_dir = root / TINY_TOWER
-    XLMRobertaConfig(vocab_size=302, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=192,
-                     max_position_embeddings=80, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                     layer_norm_eps=1e-5).save_pretrained(tower_dir)
+    XLMRobertaConfig(vocab_size=302, hidden_size=width, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=mlp_width, max_position_embeddings=80, type_vocab_size=1, pad_token_id=1,
+                     bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5).save_pretrained(tower_dir)
     torch.manual_seed(0)
-    text_cfg = {"hf_model_name": str(tower_dir), "hf_tokenizer_name": str(tokenizer_dir), "hf_pooler_type": "mean_pooler",
+    text_cfg = {"hf_model_name": str(tower_dir), "hf_tokenizer_name": str(tower_dir), "hf_pooler_type": "mean_pooler",
                 "hf_proj_type": "mlp", "hf_model_pretrained": False}
     model = open_clip.CustomTextCLIP(embed_dim=48, vision_cfg=VISION_CFG, text_cfg=text_cfg).eval()
     perturb(model)
-
-    from safetensors.torch import save_file
-
     hub = root / "hub"
     hub.mkdir()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, hub / "open_clip_model.safetensors")
@@ -99,6 +92,21 @@ def reference(tmp_path_factory):
     (hub / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {
         "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}}))
     (hub / "sentencepiece.bpe.model").write_bytes(spm.read_bytes())
+    return model, hub
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """(open_clip model, open_clip tokenizer, hub directory clipforge loads)."""
+    from open_clip.tokenizer import HFTokenizer
+
+    root = tmp_path_factory.mktemp("xlmr")
+    spm = train_sentencepiece(root)
+    tokenizer_dir = root / "tokenizer"
+    tokenizer_dir.mkdir()
+    (tokenizer_dir / "sentencepiece.bpe.model").write_bytes(spm.read_bytes())
+    (tokenizer_dir / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "XLMRobertaTokenizer"}))
+    model, hub = write_open_clip_xlm_roberta_clip(root, spm)
     return model, HFTokenizer(str(tokenizer_dir), context_length=77), hub
 
 
