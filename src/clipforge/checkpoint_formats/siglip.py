@@ -108,6 +108,25 @@ def check_config(state_dict: StateDict, cfg: SiglipConfig) -> None:
 
 _BLOCK = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
           "self_attn.out_proj": "attn.out_proj"}
+# transformers' name -> canonical name of every tensor outside the blocks, but the patch embedding's
+# weight (SigLIP 2 holds it as a Linear) and the logit scale and bias (their shapes differ).
+_HF_OUTSIDE_BLOCKS = {
+    "vision_model.embeddings.patch_embedding.bias": "visual.conv1.bias",
+    "vision_model.embeddings.position_embedding.weight": "visual.positional_embedding",
+    "vision_model.head.probe": "visual.attn_pool.probe",
+    "text_model.embeddings.token_embedding.weight": "text.token_embedding.weight",
+    "text_model.embeddings.position_embedding.weight": "text.positional_embedding",
+    **{f"{hf}.{kind}": f"{ours}.{kind}" for kind in ("weight", "bias") for hf, ours in (
+        ("vision_model.post_layernorm", "visual.ln_post"),
+        ("vision_model.head.layernorm", "visual.attn_pool.ln"),
+        ("vision_model.head.mlp.fc1", "visual.attn_pool.mlp.c_fc"),
+        ("vision_model.head.mlp.fc2", "visual.attn_pool.mlp.c_proj"),
+        ("vision_model.head.attention.out_proj", "visual.attn_pool.out_proj"),
+        ("text_model.final_layer_norm", "text.ln_final"),
+        ("text_model.head", "text.text_projection"),
+    )},
+    **{f"vision_model.head.attention.in_proj_{kind}": f"visual.attn_pool.in_proj_{kind}" for kind in ("weight", "bias")},
+}
 _TIMM_BLOCK = {"norm1": "ln_1", "norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
                "attn.proj": "attn.out_proj", "attn.qkv": "attn.in_proj"}
 
@@ -149,20 +168,8 @@ def hf_to_canonical(state_dict: StateDict) -> StateDict:
                     out[dst + f"{b}.{kind}"] = _take(sd, src + f"{a}.{kind}")
     patch = _take(sd, "vision_model.embeddings.patch_embedding.weight")
     out["visual.conv1.weight"] = _patch_linear_to_conv(patch) if patch.dim() == 2 else patch
-    out["visual.conv1.bias"] = _take(sd, "vision_model.embeddings.patch_embedding.bias")
-    out["visual.positional_embedding"] = _take(sd, "vision_model.embeddings.position_embedding.weight")
-    for kind in ("weight", "bias"):
-        out[f"visual.ln_post.{kind}"] = _take(sd, f"vision_model.post_layernorm.{kind}")
-        out[f"visual.attn_pool.in_proj_{kind}"] = _take(sd, f"vision_model.head.attention.in_proj_{kind}")
-        out[f"visual.attn_pool.out_proj.{kind}"] = _take(sd, f"vision_model.head.attention.out_proj.{kind}")
-        out[f"visual.attn_pool.ln.{kind}"] = _take(sd, f"vision_model.head.layernorm.{kind}")
-        out[f"visual.attn_pool.mlp.c_fc.{kind}"] = _take(sd, f"vision_model.head.mlp.fc1.{kind}")
-        out[f"visual.attn_pool.mlp.c_proj.{kind}"] = _take(sd, f"vision_model.head.mlp.fc2.{kind}")
-        out[f"text.ln_final.{kind}"] = _take(sd, f"text_model.final_layer_norm.{kind}")
-        out[f"text.text_projection.{kind}"] = _take(sd, f"text_model.head.{kind}")
-    out["visual.attn_pool.probe"] = _take(sd, "vision_model.head.probe")
-    out["text.token_embedding.weight"] = _take(sd, "text_model.embeddings.token_embedding.weight")
-    out["text.positional_embedding"] = _take(sd, "text_model.embeddings.position_embedding.weight")
+    for hf_key, ours in _HF_OUTSIDE_BLOCKS.items():
+        out[ours] = _take(sd, hf_key)
     out["logit_scale"] = _take(sd, "logit_scale").reshape(())
     out["logit_bias"] = _take(sd, "logit_bias").reshape(())
     _unknown(sd, "a transformers SiglipModel")
@@ -185,20 +192,8 @@ def canonical_to_hf(state_dict: StateDict) -> StateDict:
                 for a, b in _BLOCK.items():
                     out[dst + f"{a}.{kind}"] = _take(sd, src + f"{b}.{kind}")
     out["vision_model.embeddings.patch_embedding.weight"] = _take(sd, "visual.conv1.weight")
-    out["vision_model.embeddings.patch_embedding.bias"] = _take(sd, "visual.conv1.bias")
-    out["vision_model.embeddings.position_embedding.weight"] = _take(sd, "visual.positional_embedding")
-    for kind in ("weight", "bias"):
-        out[f"vision_model.post_layernorm.{kind}"] = _take(sd, f"visual.ln_post.{kind}")
-        out[f"vision_model.head.attention.in_proj_{kind}"] = _take(sd, f"visual.attn_pool.in_proj_{kind}")
-        out[f"vision_model.head.attention.out_proj.{kind}"] = _take(sd, f"visual.attn_pool.out_proj.{kind}")
-        out[f"vision_model.head.layernorm.{kind}"] = _take(sd, f"visual.attn_pool.ln.{kind}")
-        out[f"vision_model.head.mlp.fc1.{kind}"] = _take(sd, f"visual.attn_pool.mlp.c_fc.{kind}")
-        out[f"vision_model.head.mlp.fc2.{kind}"] = _take(sd, f"visual.attn_pool.mlp.c_proj.{kind}")
-        out[f"text_model.final_layer_norm.{kind}"] = _take(sd, f"text.ln_final.{kind}")
-        out[f"text_model.head.{kind}"] = _take(sd, f"text.text_projection.{kind}")
-    out["vision_model.head.probe"] = _take(sd, "visual.attn_pool.probe")
-    out["text_model.embeddings.token_embedding.weight"] = _take(sd, "text.token_embedding.weight")
-    out["text_model.embeddings.position_embedding.weight"] = _take(sd, "text.positional_embedding")
+    for hf_key, ours in _HF_OUTSIDE_BLOCKS.items():
+        out[hf_key] = _take(sd, ours)
     out["logit_scale"] = _take(sd, "logit_scale").reshape(1)
     out["logit_bias"] = _take(sd, "logit_bias").reshape(1)
     _unknown(sd, "clipforge's canonical SigLIP layout")
