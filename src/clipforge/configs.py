@@ -355,6 +355,7 @@ class ChineseClipConfig(_FamilyConfig):
     text: BertTextConfig = field(default_factory=BertTextConfig)
     vision_activation: Activation = "quick_gelu"  # OpenAI's ViT weights, which Chinese-CLIP starts from
     vision_layer_norm_eps: float = 1e-5
+    max_logit_scale: float = 100.0  # exp(logit_scale) is clamped at it in training, as CLIP's
 
     def default_preprocess(self) -> "PreprocessConfig":
         # The released weights resize straight to a square (preprocessor_config.json: no crop).
@@ -386,6 +387,7 @@ class XlmRobertaClipConfig(_FamilyConfig):
         context_length=77, positions="roberta", pooling="mean"))
     vision_activation: Activation = "gelu"  # open_clip's ViT-B-32 without QuickGELU
     vision_layer_norm_eps: float = 1e-5
+    max_logit_scale: float = 100.0  # exp(logit_scale) is clamped at it in training, as CLIP's
 
     @property
     def projection_hidden(self) -> int:

@@ -10,7 +10,8 @@ from typing import Any
 from clipforge.configs import ChineseClipConfig, ClipConfig, EvaClipConfig, MobileClipConfig, SiglipConfig, XlmRobertaClipConfig
 from clipforge.errors import InvalidInputError
 from clipforge.models.bert_clip import ChineseClipModel, XlmRobertaClipModel
-from clipforge.models.clip_model import ClipModel, ClipOutput
+from clipforge.models.clip_model import ClipModel
+from clipforge.models.family import ClipOutput
 from clipforge.models.family import ImageOutput, TowerNotLoadedError, Towers, image_tokens
 from clipforge.models.modified_resnet import ModifiedResNet
 from clipforge.models.siglip import SiglipModel, SiglipOutput

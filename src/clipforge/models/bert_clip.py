@@ -12,7 +12,7 @@ Linear (no biases).
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,22 +21,13 @@ from torch import nn
 from clipforge.configs import ChineseClipConfig, ModelRecord, XlmRobertaClipConfig
 from clipforge.errors import InvalidInputError
 from clipforge.models.bert_text import BertTextEncoder, example_tokens
-from clipforge.models.family import ImageOutput, Towers, check_towers, image_tokens, require_tower
+from clipforge.models.family import ImageOutput, SoftmaxContrastiveHead, Towers, check_towers, image_tokens, require_tower
 from clipforge.models.text_transformer import TextOutput
 from clipforge.models.vision_transformer import VisionTransformer
 
 
-class BertClipOutput(NamedTuple):
-    logits_per_image: torch.Tensor  # [n_images, n_texts]
-    logits_per_text: torch.Tensor  # [n_texts, n_images]
-
-
-class BertClipModel(nn.Module):
+class BertClipModel(SoftmaxContrastiveHead, nn.Module):
     """The shared body (see the module docstring); subclasses make `text_projection`."""
-
-    # The contrastive loss this family is trained with (clipforge.train's default for it):
-    # "clip" = the symmetric softmax (InfoNCE) at exp(logit_scale).
-    loss_kind = "clip"
 
     def __init__(self, config: Any, towers: Towers = "both"):
         super().__init__()
@@ -121,30 +112,6 @@ class BertClipModel(nn.Module):
         first = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else (self.config.text.pad_token_id + 1) % vocab
         last = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else first
         return example_tokens(self.config.text, first, last, batch, generator)
-
-    # ---- both ----------------------------------------------------------------------------------
-    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        """[n_images, n_texts]: exp(logit_scale) times the cosine similarity of normalized features."""
-        scale = self.logit_scale.exp().to(image_features.dtype)
-        return scale * image_features @ text_features.t()
-
-    def probabilities(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        """[n_images, n_texts]: a softmax over the texts (contrastive training, as CLIP)."""
-        return self.logits(image_features, text_features).softmax(dim=-1)
-
-    def pair_probabilities(self, image_features: torch.Tensor, text_features: torch.Tensor) -> Optional[torch.Tensor]:
-        """None: a contrastive softmax judges no pair on its own (see ClipModel.pair_probabilities)."""
-        return None
-
-    def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> BertClipOutput:
-        image = self.encode_image(pixels, normalize=True)
-        text = self.encode_text(tokens, normalize=True)
-        logits_per_image = self.logits(image, text)
-        return BertClipOutput(logits_per_image, logits_per_image.t())
-
-    def clamp_logit_scale(self) -> None:
-        with torch.no_grad():
-            self.logit_scale.clamp_(0, math.log(100.0))
 
 
 class ChineseClipModel(BertClipModel):

@@ -8,8 +8,7 @@ layout, and lets a text-only encoder (Stable Diffusion's) be that same class on 
 
 from __future__ import annotations
 
-import math
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +16,15 @@ from torch import nn
 
 from clipforge.configs import ClipConfig, ModelRecord, ResNetConfig
 from clipforge.errors import InvalidInputError
-from clipforge.models.family import ImageOutput, Towers, check_towers, image_tokens, require_tower
+from clipforge.models.family import (  # noqa: F401  (ClipOutput: importable from here, as before)
+    ClipOutput,
+    ImageOutput,
+    SoftmaxContrastiveHead,
+    Towers,
+    check_towers,
+    image_tokens,
+    require_tower,
+)
 from clipforge.models.modified_resnet import ModifiedResNet
 from clipforge.models.text_transformer import (
     CausalTextTransformer,
@@ -26,14 +33,7 @@ from clipforge.models.text_transformer import (
 from clipforge.models.vision_transformer import VisionTransformer
 
 
-class ClipOutput(NamedTuple):
-    """Unpacks as `logits_per_image, logits_per_text = model(pixels, tokens)`."""
-
-    logits_per_image: torch.Tensor  # [n_images, n_texts]
-    logits_per_text: torch.Tensor  # [n_texts, n_images]
-
-
-class ClipModel(CausalTextTransformer):
+class ClipModel(SoftmaxContrastiveHead, CausalTextTransformer):
     """An image tower and the causal text tower (inherited: its parameters sit at the top level of the
     state dict, OpenAI's layout) projected into one space, with a learned temperature.
 
@@ -41,10 +41,6 @@ class ClipModel(CausalTextTransformer):
     are never created; `clipforge.load(..., tower=...)` never reads them). `logit_scale` is kept in
     both.
     """
-
-    # The contrastive loss this family is trained with (clipforge.train's default for it):
-    # "clip" = the symmetric softmax (InfoNCE) at exp(logit_scale).
-    loss_kind = "clip"
 
     def __init__(self, config: ClipConfig, towers: Towers = "both"):
         self.towers = check_towers(towers)
@@ -125,30 +121,3 @@ class ClipModel(CausalTextTransformer):
         return tokens
 
     # ---- both ----------------------------------------------------------------------------------
-    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        """[n_images, n_texts] logits of L2-normalized features: the learned temperature exp(logit_scale)
-        times the cosine similarity (computed in the features' dtype)."""
-        scale = self.logit_scale.exp().to(image_features.dtype)
-        return scale * image_features @ text_features.t()
-
-    def probabilities(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        """[n_images, n_texts] how well each text fits each image, as this model was trained to score it:
-        for CLIP's contrastive loss a softmax over the texts (each row sums to 1)."""
-        return self.logits(image_features, text_features).softmax(dim=-1)
-
-    def pair_probabilities(self, image_features: torch.Tensor, text_features: torch.Tensor) -> Optional[torch.Tensor]:
-        """[n] the probability that image i matches text i, judged on that pair alone, where the model's
-        training defines one (SigLIP's sigmoid). CLIP's contrastive softmax only compares texts with
-        each other, so it defines none: None."""
-        return None
-
-    def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> ClipOutput:
-        image = self.encode_image(pixels, normalize=True)
-        text = self.encode_text(tokens, normalize=True)
-        logits_per_image = self.logits(image, text)
-        return ClipOutput(logits_per_image, logits_per_image.t())
-
-    def clamp_logit_scale(self) -> None:
-        """Clamp the learned temperature at max_logit_scale (100), as the references do after each step."""
-        with torch.no_grad():
-            self.logit_scale.clamp_(0, math.log(self.config.max_logit_scale))

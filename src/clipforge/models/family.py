@@ -10,6 +10,7 @@ for Stable Diffusion) belongs to one family and tasks that use it say so.
 
 from __future__ import annotations
 
+import math
 from typing import Literal, NamedTuple, Optional
 
 import torch
@@ -79,3 +80,48 @@ def image_tokens(model: torch.nn.Module, pixels: torch.Tensor, layer: int = -2, 
                                 f"(embeddings and {len(hidden) - 1} blocks)")
     states = hidden[layer]
     return states[:, out.num_prefix_tokens:] if drop_class_token else states
+
+
+class ClipOutput(NamedTuple):
+    """Unpacks as `logits_per_image, logits_per_text = model(pixels, tokens)`."""
+
+    logits_per_image: torch.Tensor  # [n_images, n_texts]
+    logits_per_text: torch.Tensor  # [n_texts, n_images]
+
+
+class SoftmaxContrastiveHead:
+    """The joint head of every family trained with CLIP's contrastive softmax (CLIP, Chinese-CLIP,
+    XLM-R, EVA02, MobileCLIP): a mixin for models with `config.max_logit_scale`, `logit_scale`,
+    `encode_image` and `encode_text`. SigLIP has its own (sigmoid, with a bias)."""
+
+    # The contrastive loss this family is trained with (clipforge.train's default for it):
+    # "clip" = the symmetric softmax (InfoNCE) at exp(logit_scale).
+    loss_kind = "clip"
+
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """[n_images, n_texts] logits of L2-normalized features: the learned temperature exp(logit_scale)
+        times the cosine similarity (computed in the features' dtype)."""
+        scale = self.logit_scale.exp().to(image_features.dtype)
+        return scale * image_features @ text_features.t()
+
+    def probabilities(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """[n_images, n_texts] how well each text fits each image, as this model was trained to score it:
+        for CLIP's contrastive loss a softmax over the texts (each row sums to 1)."""
+        return self.logits(image_features, text_features).softmax(dim=-1)
+
+    def pair_probabilities(self, image_features: torch.Tensor, text_features: torch.Tensor) -> Optional[torch.Tensor]:
+        """[n] the probability that image i matches text i, judged on that pair alone, where the model's
+        training defines one (SigLIP's sigmoid). CLIP's contrastive softmax only compares texts with
+        each other, so it defines none: None."""
+        return None
+
+    def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> ClipOutput:
+        image = self.encode_image(pixels, normalize=True)
+        text = self.encode_text(tokens, normalize=True)
+        logits_per_image = self.logits(image, text)
+        return ClipOutput(logits_per_image, logits_per_image.t())
+
+    def clamp_logit_scale(self) -> None:
+        """Clamp the learned temperature at max_logit_scale (100), as the references do after each step."""
+        with torch.no_grad():
+            self.logit_scale.clamp_(0, math.log(self.config.max_logit_scale))

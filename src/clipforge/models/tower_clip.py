@@ -10,7 +10,6 @@ the learned temperature exp(logit_scale).
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 import torch
@@ -18,23 +17,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipforge.configs import EvaClipConfig, FastVitMciConfig, MobileClipConfig, ModelRecord
-from clipforge.models.clip_model import ClipOutput
 from clipforge.models.eva_vision import EvaVisionTransformer
 from clipforge.models.fastvit_mci import FastVitMci
 from clipforge.models.mobileclip_vision import MobileClipViT
-from clipforge.models.family import ImageOutput, Towers, check_towers, image_tokens, require_tower
+from clipforge.models.family import ImageOutput, SoftmaxContrastiveHead, Towers, check_towers, image_tokens, require_tower
 from clipforge.models.text_transformer import CausalTextTransformer, TextOutput
 
 __all__ = ["TowerClipModel", "EvaClipModel", "MobileClipModel"]
 
 
-class TowerClipModel(CausalTextTransformer):
+class TowerClipModel(SoftmaxContrastiveHead, CausalTextTransformer):
     """An image tower (`build_image_tower`) and CLIP's causal text tower in one joint space, with a
     learned temperature. `towers` as ClipModel's: "image" / "text" build one tower only."""
-
-    # The contrastive loss this family is trained with (clipforge.train's default for it):
-    # "clip" = the symmetric softmax (InfoNCE) at exp(logit_scale).
-    loss_kind = "clip"
 
     num_prefix_tokens = 1  # tokens before the patch grid in `encode_image_full`
 
@@ -94,30 +88,6 @@ class TowerClipModel(CausalTextTransformer):
             tokens[row, end] = text.eot_token_id
             tokens[row, end + 1:] = text.pad_token_id
         return tokens
-
-    # ---- both ----------------------------------------------------------------------------------
-    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        """[n_images, n_texts] exp(logit_scale) times the cosine similarity of L2-normalized features."""
-        scale = self.logit_scale.exp().to(image_features.dtype)
-        return scale * image_features @ text_features.t()
-
-    def probabilities(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        """[n_images, n_texts] a softmax over the texts (CLIP's contrastive training; rows sum to 1)."""
-        return self.logits(image_features, text_features).softmax(dim=-1)
-
-    def pair_probabilities(self, image_features: torch.Tensor, text_features: torch.Tensor) -> Optional[torch.Tensor]:
-        """None: a contrastive softmax defines no probability for one pair alone (see ClipModel)."""
-        return None
-
-    def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> ClipOutput:
-        image = self.encode_image(pixels, normalize=True)
-        text = self.encode_text(tokens, normalize=True)
-        logits_per_image = self.logits(image, text)
-        return ClipOutput(logits_per_image, logits_per_image.t())
-
-    def clamp_logit_scale(self) -> None:
-        with torch.no_grad():
-            self.logit_scale.clamp_(0, math.log(self.config.max_logit_scale))
 
 
 class EvaClipModel(TowerClipModel):
